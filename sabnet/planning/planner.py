@@ -1,0 +1,189 @@
+"""Turn a dataset fingerprint into a plan: every decision with its reason.
+
+Decisions: slice axis per case, in-plane target spacing, encoder input size and attention window,
+encoder variant, normalization per sequence, the depth branch's low-resolution volume, batch size
+from a memory target, and the label mode.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from sabnet.io.geometry import Geometry
+from sabnet.model.config import SAM_VARIANTS, VARIANTS, ModelConfig
+from sabnet.planning.memory import model_memory_gb, sample_memory_gb
+from sabnet.planning.plans import (CaseSlicing, DepthVolumePlan, NormalizationScheme, Plan, PreprocessingPlan,
+                                   TrainingPlan)
+from sabnet.planning.slicing import majority_plane, slicing_for
+from sabnet.version import __version__
+
+INPUT_SIZES = (256, 512, 1024)
+DEFAULT_VARIANT = "sab_tiny"
+DEPTH_GRID = 64             # low-resolution voxels across the median largest in-plane extent
+DEPTH_NEIGHBOURHOOD_MM = 10.0
+CPU_MEMORY_TARGET_GB = 4.0
+MAX_BATCH = {"cpu": 8, "gpu": 64}
+CT_NAMES = ("ct", "computed tomography")
+
+
+def _in_plane_extent_px(case: dict, slicing: CaseSlicing, target_mm: float) -> tuple[float, float]:
+    """Rows and columns of a case's nonzero box at the target spacing."""
+    axes = [a for a in range(3) if a != slicing.slice_axis]
+    return tuple((case["nonzero_box"][a][1] - case["nonzero_box"][a][0]) * case["spacing_mm"][a] / target_mm for a in axes)
+
+
+def choose_input_size(median_side_px: float) -> tuple[int, str]:
+    for size in INPUT_SIZES:
+        if median_side_px <= size:
+            return size, (f"median largest in-plane side is {median_side_px:.0f} px at the target spacing; "
+                          f"{size} is the smallest encoder input that holds it (slices are padded, never squashed)")
+    return INPUT_SIZES[-1], (f"median largest in-plane side is {median_side_px:.0f} px, more than {INPUT_SIZES[-1]}: "
+                             "larger slices are predicted in overlapping tiles")
+
+
+def normalization_plan(fingerprint: dict) -> tuple[dict[str, NormalizationScheme], str]:
+    """MRI: per-image percentile clip and z-score; CT (by channel name): cohort-wide clip."""
+    channel_names = " ".join(fingerprint["channel_names"].values()).lower()
+    sequences = sorted({c["sequence"] for c in fingerprint["cases"]})
+    if any(name in channel_names for name in CT_NAMES):
+        cases = fingerprint["cases"]
+        scheme = NormalizationScheme(
+            "global_clip_zscore",
+            clip_low=float(np.median([c["intensity"][0]["p0.5"] for c in cases])),
+            clip_high=float(np.median([c["intensity"][0]["p99.5"] for c in cases])),
+            mean=float(np.mean([c["foreground"][0]["mean"] for c in cases])),
+            std=float(np.mean([c["foreground"][0]["std"] for c in cases])))
+        return {"default": scheme}, "CT channel: Hounsfield units are absolute, so one cohort-wide clip and z-score"
+    schemes = {s: NormalizationScheme() for s in sequences}
+    schemes["default"] = NormalizationScheme()
+    return schemes, ("MRI (sequences " + ", ".join(sequences) + "): intensities have no absolute scale, so each "
+                     "image is clipped to its own 0.5/99.5 percentiles and z-scored")
+
+
+def label_plan(labels: dict[str, int], binary: bool) -> tuple[dict[str, int], dict[str, int], str]:
+    """Output labels and the mapping raw value -> output value."""
+    foreground = {k: v for k, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0}
+    if binary:
+        return ({"background": 0, "bone": 1}, {str(v): 1 for v in foreground.values()},
+                f"--binary: the {len(foreground)} declared labels are merged into one 'bone' label")
+    out = {"background": 0}
+    out.update({name: i + 1 for i, name in enumerate(foreground)})
+    mapping = {str(v): i + 1 for i, v in enumerate(foreground.values())}
+    return out, mapping, f"one output per declared label ({len(foreground)}) plus background"
+
+
+def plan_cohort(fingerprint: dict, *, binary: bool = False, sam_checkpoint: Path | None = None,
+                memory_target_gb: float | None = None, device: str = "cpu") -> Plan:
+    """Make the plan for a fingerprinted cohort. `device` is "cpu" or "gpu" (sizes batches and schedule)."""
+    reasons: dict[str, str] = {}
+    cases = fingerprint["cases"]
+    geometries = [Geometry.from_dict(c["geometry"]) for c in cases]
+
+    majority, reasons["majority_plane"] = majority_plane(geometries)
+    slicings = {c["case_id"]: slicing_for(g, majority) for c, g in zip(cases, geometries)}
+    reasons["cases"] = "each case is sliced along its coarsest axis; isotropic cases follow the majority plane"
+
+    in_plane = [s for c, g in zip(cases, geometries) for a, s in enumerate(c["spacing_mm"]) if a != slicings[c["case_id"]].slice_axis]
+    target = float(round(np.median(in_plane), 4))
+    reasons["target_spacing_mm"] = (f"median in-plane spacing of {len(cases)} cases; the through-plane spacing "
+                                    "is kept (slices are never interpolated for the 2D model)")
+
+    sides = [max(_in_plane_extent_px(c, slicings[c["case_id"]], target)) for c in cases]
+    image_size, reasons["image_size"] = choose_input_size(float(np.median(sides)))
+
+    labels, mapping, reasons["labels"] = label_plan(fingerprint["labels"], binary)
+    model_settings = dict(
+        in_channels=len(fingerprint["channel_names"]),
+        n_outputs=1 if binary else len(labels),
+        output_mode="sigmoid" if binary else "softmax",
+        n_labels=len(labels) - 1,
+    )
+    if sam_checkpoint is not None:
+        from sabnet.model.checkpoint import config_from_checkpoint
+
+        model = config_from_checkpoint(sam_checkpoint, image_size, **model_settings)
+        reasons["variant"] = f"architecture read from the checkpoint {Path(sam_checkpoint).name} ({model.variant})"
+    else:
+        model = ModelConfig.for_variant(DEFAULT_VARIANT, image_size, **model_settings)
+        reasons["variant"] = (f"no SAM checkpoint given: the small {DEFAULT_VARIANT} encoder, trained from scratch, "
+                              "fits a CPU; pass --sam-checkpoint for vit_b/l/h")
+    reasons["window_size"] = (f"token grid {model.grid_size}x{model.grid_size}: window {model.window_size} "
+                              + ("is SAM's own at its pretraining size" if model.window_size == 14 else
+                                 "divides it, so no window is padded (SAM's 14 on a 16-token grid pads to 28: 3x the work)"))
+
+    normalization, reasons["normalization"] = normalization_plan(fingerprint)
+
+    extents = np.array([[n * s for n, s in zip(c["shape"], c["spacing_mm"])] for c in cases])
+    in_plane_extent = [max(e[a] for a in range(3) if a != slicings[c["case_id"]].slice_axis) for c, e in zip(cases, extents)]
+    slice_spacing = [c["spacing_mm"][slicings[c["case_id"]].slice_axis] for c in cases]
+    low_in_plane = float(round(np.median(in_plane_extent) / DEPTH_GRID, 3))
+    low_slice = float(round(max(np.median(slice_spacing), low_in_plane), 3))
+    frame_extents = [[e[slicings[c["case_id"]].slice_axis]] + [e[a] for a in range(3) if a != slicings[c["case_id"]].slice_axis]
+                     for c, e in zip(cases, extents)]
+    median_shape = [int(round(v)) for v in np.median(np.array(frame_extents) / [low_slice, low_in_plane, low_in_plane], axis=0)]
+    neighbourhood_slices = max(1, int(round(DEPTH_NEIGHBOURHOOD_MM / low_slice)))
+    depth = DepthVolumePlan([low_slice, low_in_plane, low_in_plane], median_shape, DEPTH_NEIGHBOURHOOD_MM)
+    reasons["depth_volume"] = (f"about {DEPTH_GRID} voxels across the median in-plane field of view "
+                               f"({np.median(in_plane_extent):.0f} mm); through-plane at least the median slice spacing; "
+                               f"attention sums bone probability over +-{DEPTH_NEIGHBOURHOOD_MM:g} mm "
+                               f"({neighbourhood_slices} low-resolution slices) around each slice")
+    model.depth_volume_shape = median_shape
+    model.depth_neighbourhood_slices = neighbourhood_slices
+
+    kind = "gpu" if device in ("gpu", "cuda") else "cpu"
+    if memory_target_gb is None:
+        memory_target_gb = _default_memory_target_gb(kind)
+    per_sample = sample_memory_gb(model, mixed_precision=kind == "gpu")
+    n_params = _parameter_count(model)
+    budget = memory_target_gb - model_memory_gb(n_params)
+    batch = int(np.clip(budget // max(per_sample, 1e-6), 1, MAX_BATCH[kind]))
+    reasons["batch_size"] = (f"{per_sample:.2f} GB per slice estimated for {model.variant} at {image_size}x{image_size} "
+                             f"plus {model_memory_gb(n_params):.2f} GB of weights and optimizer state within "
+                             f"{memory_target_gb:g} GB ({kind}); capped at {MAX_BATCH[kind]}")
+    training = _training_schedule(model, kind, batch)
+    reasons["training"] = (f"{kind.upper()} schedule for {model.variant}: AdamW, linear warm-up then polynomial decay, "
+                           "Dice + cross-entropy")
+
+    return Plan(
+        dataset=fingerprint["dataset"],
+        fingerprint_hash=fingerprint["hash"],
+        labels=labels,
+        label_mapping=mapping,
+        channel_names=fingerprint["channel_names"],
+        preprocessing=PreprocessingPlan(target, majority, normalization, depth, slicings),
+        model=model.to_dict(),
+        training=training,
+        memory_target_gb=float(memory_target_gb),
+        reasons=reasons,
+        sabnet_version=__version__,
+    )
+
+
+def _default_memory_target_gb(kind: str) -> float:
+    if kind == "gpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return round(0.8 * torch.cuda.get_device_properties(0).total_memory / 1e9, 1)
+        return 16.0
+    return CPU_MEMORY_TARGET_GB
+
+
+def _parameter_count(config: ModelConfig) -> int:
+    import torch
+
+    from sabnet.model.sab_model import SABModel
+
+    with torch.device("meta"):
+        model = SABModel(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _training_schedule(model: ModelConfig, kind: str, batch: int) -> TrainingPlan:
+    if model.variant in SAM_VARIANTS or kind == "gpu":
+        return TrainingPlan(batch_size=batch, epochs=100, iterations_per_epoch=250, initial_lr=5e-4,
+                            weight_decay=0.01, warmup_epochs=5, stage2_epochs=20)
+    return TrainingPlan(batch_size=batch, epochs=40, iterations_per_epoch=25, initial_lr=1e-3,
+                        weight_decay=0.01, warmup_epochs=1, stage2_epochs=8)

@@ -1,0 +1,78 @@
+"""In-plane resampling of stacks of slices, and the low-resolution volume of the depth branch.
+
+Grids are matched by their extent: n pixels of spacing s become m pixels of spacing n*s/m covering
+the same field of view (pixel centres at (i + 0.5) * n*s/m), which is what `align_corners=False`
+means in torch. The through-plane axis is never interpolated here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def in_plane_shape(shape_hw: tuple[int, int], spacing_hw_mm: tuple[float, float], target_spacing_mm: float) -> tuple[int, int]:
+    """Rows and columns after resampling (rounded so the field of view is kept)."""
+    return tuple(max(1, int(round(n * s / target_spacing_mm))) for n, s in zip(shape_hw, spacing_hw_mm))
+
+
+def resample_slices(stack: np.ndarray | torch.Tensor, out_hw: tuple[int, int], order: int = 3,
+                    chunk: int = 16) -> np.ndarray | torch.Tensor:
+    """Resample (..., n_slices, H, W) in-plane to (..., n_slices, *out_hw).
+
+    order: 3 bicubic (images, clamped to the input range so it does not overshoot), 1 bilinear
+    (probabilities), 0 nearest. Downsampling uses anti-aliasing. Works in chunks of slices to keep
+    memory flat; numpy in -> numpy out (float32), tensor in -> tensor out (same device).
+    """
+    as_numpy = isinstance(stack, np.ndarray)
+    x = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32)) if as_numpy else stack.float()
+    lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    if (h, w) == tuple(out_hw):
+        return x.numpy() if as_numpy else x
+    flat = x.reshape(-1, 1, h, w)
+    mode = {3: "bicubic", 1: "bilinear", 0: "nearest"}[order]
+    antialias = order > 0 and (out_hw[0] < h or out_hw[1] < w)
+    pieces = []
+    for start in range(0, flat.shape[0], chunk):
+        part = flat[start:start + chunk]
+        kwargs = {} if order == 0 else {"align_corners": False, "antialias": antialias}
+        out = F.interpolate(part, size=tuple(out_hw), mode=mode if order else "nearest-exact", **kwargs)
+        if order == 3:
+            out = out.clamp(part.amin(), part.amax())
+        pieces.append(out)
+    out = torch.cat(pieces).reshape(*lead, *out_hw)
+    return out.numpy() if as_numpy else out
+
+
+def resample_labels(labels: np.ndarray, out_hw: tuple[int, int], values: list[int] | None = None) -> np.ndarray:
+    """Resample an integer label stack (n_slices, H, W) in-plane without inventing label values.
+
+    Each label's mask is resampled bilinearly and every pixel takes the label of highest weight
+    (background included), as nnU-Net does; only values present in the input can appear.
+    """
+    if labels.shape[-2:] == tuple(out_hw):
+        return labels.copy()
+    values = sorted(int(v) for v in (values if values is not None else np.unique(labels)))
+    if 0 not in values:
+        values = [0] + values
+    best_weight = np.full(labels.shape[:-2] + tuple(out_hw), -1.0, dtype=np.float32)
+    out = np.zeros(best_weight.shape, dtype=labels.dtype)
+    for value in values:
+        weight = resample_slices((labels == value).astype(np.float32), out_hw, order=1)
+        better = weight > best_weight
+        out[better] = value
+        best_weight[better] = weight[better]
+    return out
+
+
+def resample_volume(volume: np.ndarray, out_shape: tuple[int, int, int], order: int = 1) -> np.ndarray:
+    """Resample a (..., D, H, W) volume to (..., *out_shape) by extent: area averaging where a
+    dimension shrinks (anti-aliased), trilinear otherwise. Used for the depth-branch volume."""
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    lead = x.shape[:-3]
+    x = x.reshape(-1, 1, *x.shape[-3:])
+    if all(o <= i for o, i in zip(out_shape, x.shape[-3:])):
+        out = F.interpolate(x, size=tuple(out_shape), mode="area")
+    else:
+        out = F.interpolate(x, size=tuple(out_shape), mode="trilinear" if order else "nearest", align_corners=False if order else None)
+    return out.reshape(*lead, *out_shape).numpy()
