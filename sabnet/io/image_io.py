@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sabnet.errors import SabnetError
+from sabnet.io import nifti_raw
 from sabnet.io.atomic import atomic_path
 from sabnet.io.geometry import Geometry
 
@@ -60,6 +61,9 @@ def read_sitk(path: Path | str) -> sitk.Image:
             image = sitk.ReadImage(str(path))
         except RuntimeError as e:
             raise SabnetError(f"{path}: cannot be read as an image ({_first_line(e)}); is the file complete?") from None
+        truncated = nifti_raw.truncation(path) if image_extension(path) == ".nii" else None
+        if truncated:
+            raise SabnetError(f"{path}: cannot be read as an image ({truncated}); is the file complete?")
     check_3d_scalar(image, path)
     return image
 
