@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sabnet.io.geometry import Geometry
+from sabnet.model.depth_branch import depth_positions
 from sabnet.io.slice_frame import SliceFrame, frame_spacing_mm, slice_frame_for
 from sabnet.planning.fingerprint import nonzero_box
 from sabnet.planning.plans import CaseSlicing, Plan
@@ -115,9 +116,7 @@ def preprocess_arrays(channels: list[np.ndarray], geometry: Geometry, labels: np
 
 def slice_to_depth_position(slice_index: np.ndarray | float, properties: dict) -> np.ndarray:
     """Continuous low-resolution slice coordinate of full-resolution slice indices (extent-matched)."""
-    n_full = properties["shape"][0]
-    n_depth = properties["depth_shape"][0]
-    return (np.asarray(slice_index, dtype=float) + 0.5) * n_depth / n_full - 0.5
+    return depth_positions(slice_index, properties["shape"][0], properties["depth_shape"][0])
 
 
 def frame_of(properties: dict) -> SliceFrame:

@@ -55,3 +55,35 @@ def probabilities_to_original(probabilities: np.ndarray, properties: dict, keep_
     background[0] = 0 if n_classes == 1 else 1
     full = np.stack([_uncrop(kept[k], properties, float(background[k])) for k in range(n_classes)])
     return label_map, full
+
+
+def slice_location(slice_index: int, properties: dict) -> tuple[int, int]:
+    """(original array axis, index along it) of preprocessed slice `slice_index`."""
+    frame = SliceFrame.from_dict(properties["slice_frame"])
+    axis, flip = frame.axes[0], frame.flips[0]
+    lo, hi = properties["crop_box"][axis]
+    return axis, lo + ((hi - lo - 1 - slice_index) if flip else slice_index)
+
+
+def slice_probabilities_to_original(probabilities: np.ndarray, slice_index: int, properties: dict
+                                    ) -> tuple[int, int, np.ndarray]:
+    """(K, rows, cols) probabilities of one preprocessed slice -> (axis, index, 2D labels) where the
+    2D labels cover the original array's plane at `index` along `axis` (remaining axes in array
+    order), background outside the crop."""
+    frame = SliceFrame.from_dict(properties["slice_frame"])
+    geometry = Geometry.from_dict(properties["original_geometry"])
+    rows, cols = properties["cropped_frame_shape"][1:]
+    restored = resample_slices(np.asarray(probabilities, dtype=np.float32), (rows, cols), order=1)
+    labels = (restored[0] >= 0.5).astype(np.uint8) if restored.shape[0] == 1 else restored.argmax(axis=0).astype(np.uint8)
+    for f in (1, 2):
+        if frame.flips[f]:
+            labels = np.flip(labels, axis=f - 1)
+    row_axis, col_axis = frame.axes[1], frame.axes[2]
+    if row_axis > col_axis:
+        labels = labels.T
+    first, second = sorted((row_axis, col_axis))
+    plane = np.zeros((geometry.shape[first], geometry.shape[second]), dtype=labels.dtype)
+    box = properties["crop_box"]
+    plane[box[first][0]:box[first][1], box[second][0]:box[second][1]] = labels
+    axis, index = slice_location(slice_index, properties)
+    return axis, index, plane

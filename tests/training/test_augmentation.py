@@ -1,0 +1,153 @@
+"""Each augmentation changes what it should and nothing else."""
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.stats import spearmanr
+
+from sabnet.training.augmentation import (BlurAugmentation, BrightnessAugmentation, ContrastAugmentation,
+                                          GammaAugmentation, NoiseAugmentation, SeededCompose,
+                                          SequenceAugmentation, SpatialAugmentation, default_augmentations)
+
+S = 64
+H, W = 40, 48  # real pixels per sample; the rest of the 64 x 64 frame is padding
+
+
+def make_batch(seed=0, n=4):
+    """A batch like the loader's: a bright disc of label 1 and a dim bar of label 2 on a textured
+    background, z-scored over the real pixels, padded with zeros."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W]
+    seg = np.zeros((n, 1, S, S), np.int16)
+    data = np.zeros((n, 1, S, S), np.float32)
+    attention = np.zeros((n, 1, S, S), np.float32)
+    for b in range(n):
+        disc = (yy - 18) ** 2 + (xx - 20) ** 2 <= 8 ** 2
+        bar = (yy > 30) & (yy < 35) & (xx > 8) & (xx < 40)
+        seg[b, 0, :H, :W] = np.where(disc, 1, np.where(bar, 2, 0))
+        image = 1.0 + 2.0 * disc + 0.5 * bar + 0.3 * np.sin(xx / 3.0) + 0.1 * rng.normal(size=(H, W))
+        data[b, 0, :H, :W] = (image - image.mean()) / image.std()
+        attention[b, 0, :H, :W] = disc * 0.9
+    hw = np.tile([H, W], (n, 1))
+    return {"data": data, "seg": seg, "attention": attention, "slice_hw": hw, "batch_index": 0}
+
+
+def run(transform, batch, seed=0):
+    return SeededCompose([transform], seed)(**batch)
+
+
+INTENSITY = [BrightnessAugmentation(p_per_sample=1.0), ContrastAugmentation(p_per_sample=1.0),
+             GammaAugmentation(p_per_sample=1.0), NoiseAugmentation(p_per_sample=1.0),
+             BlurAugmentation(p_per_sample=1.0), SequenceAugmentation(p_per_sample=1.0)]
+
+
+@pytest.mark.parametrize("transform", INTENSITY, ids=lambda t: type(t).__name__)
+def test_intensity_transforms_change_the_image_only_and_keep_the_padding_zero(transform):
+    before = make_batch()
+    after = run(transform, make_batch())
+    assert not np.allclose(after["data"][:, :, :H, :W], before["data"][:, :, :H, :W])
+    np.testing.assert_array_equal(after["seg"], before["seg"])
+    np.testing.assert_array_equal(after["attention"], before["attention"])
+    assert not after["data"][:, :, H:].any() and not after["data"][:, :, :, W:].any()
+    assert "rng" not in after
+
+
+def test_probability_zero_leaves_the_batch_unchanged():
+    before = make_batch()
+    for transform in [BrightnessAugmentation(p_per_sample=0.0), SequenceAugmentation(p_per_sample=0.0),
+                      SpatialAugmentation(p_rotation=0.0, p_scale=0.0)]:
+        after = run(transform, make_batch())
+        for key in ("data", "seg", "attention"):
+            np.testing.assert_array_equal(after[key], before[key])
+
+
+def content(batch, b=0):
+    return batch["data"][b, 0, :H, :W]
+
+
+def test_brightness_multiplies_and_contrast_stretches_about_the_mean_within_the_old_range():
+    before = make_batch()
+    bright = run(BrightnessAugmentation(p_per_sample=1.0, multiplier=(1.2, 1.2)), make_batch())
+    np.testing.assert_allclose(content(bright), 1.2 * content(before), rtol=1e-5)
+    flat = run(ContrastAugmentation(p_per_sample=1.0, factor=(0.5, 0.5)), make_batch())
+    assert content(flat).std() == pytest.approx(0.5 * content(before).std(), rel=1e-3)
+    assert content(flat).mean() == pytest.approx(content(before).mean(), abs=1e-5)
+    steep = run(ContrastAugmentation(p_per_sample=1.0, factor=(2.0, 2.0)), make_batch())
+    assert content(steep).min() >= content(before).min() - 1e-6 and content(steep).max() <= content(before).max() + 1e-6
+
+
+def test_gamma_keeps_the_order_mean_and_spread_but_bends_the_histogram():
+    before = make_batch()
+    after = run(GammaAugmentation(p_per_sample=1.0, gamma=(1.5, 1.5)), make_batch())
+    assert spearmanr(content(before).ravel(), content(after).ravel())[0] > 0.999
+    assert content(after).mean() == pytest.approx(content(before).mean(), abs=1e-4)
+    assert content(after).std() == pytest.approx(content(before).std(), rel=1e-4)
+    assert not np.allclose(content(after), content(before), atol=0.05)
+
+
+def test_noise_adds_the_drawn_amount_and_blur_removes_fine_detail():
+    before = make_batch()
+    noisy = run(NoiseAugmentation(p_per_sample=1.0, sigma=(0.2, 0.2)), make_batch())
+    assert (content(noisy) - content(before)).std() == pytest.approx(0.2, rel=0.05)
+    blurred = run(BlurAugmentation(p_per_sample=1.0, sigma_px=(1.0, 1.0)), make_batch())
+    detail = lambda x: np.abs(ndimage.laplace(x)).mean()  # noqa: E731
+    assert detail(content(blurred)) < 0.5 * detail(content(before))
+
+
+@pytest.mark.parametrize("branch, sign", [("monotonic", 1), ("inversion", -1)])
+def test_sequence_remapping_keeps_or_reverses_the_intensity_order(branch, sign):
+    weights = {"p_monotonic": float(branch == "monotonic"), "p_fold": 0.0, "p_inversion": float(branch == "inversion")}
+    for seed in range(5):
+        before = make_batch(seed)
+        after = run(SequenceAugmentation(p_per_sample=1.0, **weights), make_batch(seed), seed)
+        x, y = content(before).ravel(), content(after).ravel()
+        assert sign * spearmanr(x, y)[0] > 0.98  # percentile clipping ties the extremes
+        assert y.mean() == pytest.approx(0.0, abs=1e-4) and y.std() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_sequence_fold_maps_mid_intensities_high_and_the_brightest_low():
+    """T1 to STIR-like: the bright disc (marrow) turns dark, the mid-grey background turns bright."""
+    for seed in range(5):
+        before = make_batch(seed)
+        fold = SequenceAugmentation(p_per_sample=1.0, p_monotonic=0, p_fold=1, p_inversion=0)
+        after = run(fold, make_batch(seed), seed)
+        x, y = content(before).ravel(), content(after).ravel()
+        low, high = x < np.percentile(x, 10), x > np.percentile(x, 90)
+        assert spearmanr(x[low], y[low])[0] > 0.5  # rising below the fold
+        assert spearmanr(x[high], y[high])[0] < -0.5  # falling above it
+        disc = make_batch(seed)["seg"][0, 0, :H, :W].ravel() == 1
+        assert y[disc].mean() < y[~disc].mean()  # the brightest tissue is now darker than the rest
+
+
+def test_spatial_transform_moves_image_labels_and_attention_together_and_keeps_label_values():
+    before = make_batch()
+    after = run(SpatialAugmentation(p_rotation=1.0, p_scale=1.0), make_batch(), seed=3)
+    assert not np.array_equal(after["seg"], before["seg"])
+    assert set(np.unique(after["seg"])) == {0, 1, 2}
+    for b in range(4):
+        disc = after["seg"][b, 0] == 1
+        bright = after["data"][b, 0] > 1.0  # the disc is the bright structure
+        assert (disc & bright).sum() / disc.sum() > 0.9 and (disc & bright).sum() / bright.sum() > 0.9
+        attended = after["attention"][b, 0] > 0.45
+        assert (disc & attended).sum() / (disc | attended).sum() > 0.85
+
+
+def test_rotation_turns_the_content_about_its_own_centre():
+    batch = make_batch(n=1)
+    batch["seg"][:] = 0
+    batch["seg"][0, 0, 16:24, 20:28] = 1  # a square at the centre of the 40 x 48 content (19.5, 23.5)
+    batch["seg"][0, 0, 2:4, 2:4] = 2      # and a marker near the top-left corner
+    after = run(SpatialAugmentation(rotation_deg=(90, 90), p_rotation=1.0, p_scale=0.0), batch)
+    square = np.argwhere(after["seg"][0, 0] == 1).mean(axis=0)
+    np.testing.assert_allclose(square, [19.5, 23.5], atol=0.6)  # about the frame centre it would move ~11 px
+    marker = np.argwhere(after["seg"][0, 0] == 2).mean(axis=0) - [19.5, 23.5]
+    np.testing.assert_allclose(marker, [21.0, -17.0], atol=0.6)  # (row, col) offset (-17, -21) turned by 90 deg
+
+
+def test_the_default_pipeline_keeps_shapes_types_and_label_values():
+    before = make_batch(n=8)
+    after = SeededCompose(default_augmentations(), seed=0)(**make_batch(n=8))
+    for key in ("data", "seg", "attention"):
+        assert after[key].shape == before[key].shape and after[key].dtype == before[key].dtype
+    assert np.isfinite(after["data"]).all()
+    assert set(np.unique(after["seg"])) <= {0, 1, 2}
+    assert not np.array_equal(after["data"], before["data"])
