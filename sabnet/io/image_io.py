@@ -61,7 +61,7 @@ def read_sitk(path: Path | str) -> sitk.Image:
             image = sitk.ReadImage(str(path))
         except RuntimeError as e:
             raise SabnetError(f"{path}: cannot be read as an image ({_first_line(e)}); is the file complete?") from None
-        truncated = nifti_raw.truncation(path) if image_extension(path) == ".nii" else None
+        truncated = nifti_raw.truncation(path) if image_extension(path) in (".nii", ".nii.gz") else None
         if truncated:
             raise SabnetError(f"{path}: cannot be read as an image ({truncated}); is the file complete?")
     check_3d_scalar(image, path)

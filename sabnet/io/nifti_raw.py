@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,13 @@ def read_nifti_header(path: Path | str) -> NiftiHeader | None:
     """The layout fields of a NIfTI-1 or NIfTI-2 header, or None when it is not one."""
     path = Path(path)
     try:
-        with _open(path) as f:
-            raw = f.read(540)
-    except (OSError, EOFError):
+        if path.name.lower().endswith(".gz"):  # decompress only the start; works on truncated files too
+            with open(path, "rb") as f:
+                raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(1 << 16), 540)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(540)
+    except (OSError, zlib.error):
         return None
     for endian in "<>":
         if len(raw) >= 348 and struct.unpack(endian + "i", raw[:4])[0] == 348:  # NIfTI-1
@@ -62,13 +67,33 @@ def read_nifti_header(path: Path | str) -> NiftiHeader | None:
 
 
 def truncation(path: Path | str) -> str | None:
-    """Why an uncompressed .nii holds fewer bytes than its header promises, else None."""
+    """Why a .nii or .nii.gz holds fewer bytes than its header promises, else None.
+
+    ITK fills what is missing with zeros for both. For .nii.gz the gzip trailer's size field
+    (uncompressed bytes mod 2**32) is compared with the header first; only when they disagree is
+    the stream decompressed to the end (a file of several gzip members has a shorter trailer).
+    """
     path = Path(path)
     header = read_nifti_header(path)
-    if header is None or path.name.lower().endswith(".gz"):
+    if header is None:
         return None
-    expected, actual = header.vox_offset + header.data_bytes, path.stat().st_size
-    return f"truncated: {actual} bytes, the header promises {expected}" if actual < expected else None
+    expected = header.vox_offset + header.data_bytes
+    if not path.name.lower().endswith(".gz"):
+        actual = path.stat().st_size
+        return f"truncated: {actual} bytes, the header promises {expected}" if actual < expected else None
+    with open(path, "rb") as f:
+        f.seek(-4, 2)
+        trailer = struct.unpack("<I", f.read(4))[0]
+    if trailer == expected % 2**32:
+        return None
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                total += len(chunk)
+    except (EOFError, OSError, gzip.BadGzipFile) as e:
+        return f"truncated or damaged compressed data ({type(e).__name__}: {e})"
+    return f"truncated: {total} bytes after decompression, the header promises {expected}" if total < expected else None
 
 
 def nonfinite_counts(path: Path | str) -> tuple[int, int]:

@@ -42,7 +42,7 @@ def probabilities_to_original(probabilities: np.ndarray, properties: dict, keep_
     n_classes, n_slices = probabilities.shape[:2]
     rows, cols = properties["cropped_frame_shape"][1:]
     labels = np.zeros((n_slices, rows, cols), dtype=np.uint8 if n_classes < 256 else np.uint16)
-    kept = np.zeros((n_classes, n_slices, rows, cols), dtype=np.float16) if keep_probabilities else None
+    kept = np.zeros((n_classes, n_slices, rows, cols), dtype=np.float32) if keep_probabilities else None
     for start in range(0, n_slices, CHUNK_SLICES):
         part = resample_slices(np.asarray(probabilities[:, start:start + CHUNK_SLICES], dtype=np.float32), (rows, cols), order=1)
         labels[start:start + part.shape[1]] = (part[0] >= 0.5) if n_classes == 1 else part.argmax(axis=0)
@@ -51,7 +51,7 @@ def probabilities_to_original(probabilities: np.ndarray, properties: dict, keep_
     label_map = _uncrop(labels, properties, 0)
     if kept is None:
         return label_map, None
-    background = np.zeros(n_classes, dtype=np.float16)
+    background = np.zeros(n_classes, dtype=np.float32)
     background[0] = 0 if n_classes == 1 else 1
     full = np.stack([_uncrop(kept[k], properties, float(background[k])) for k in range(n_classes)])
     return label_map, full

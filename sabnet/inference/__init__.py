@@ -1,0 +1,1 @@
+"""Inference: predicting cases with an ensemble of folds, prompts, and mapping back to the input grid."""

@@ -1,0 +1,141 @@
+"""`sab_predict` over many cases: reading and preprocessing the next case and writing the last one
+overlap the current prediction; a failing case is reported and the rest finish; nothing
+accumulates from one case to the next."""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from sabnet.errors import SabnetError
+from sabnet.inference.inputs import InputCase
+from sabnet.inference.postprocessing import Postprocessing, apply_postprocessing
+from sabnet.inference.prompt_coordinates import slice_prompts_for_case
+from sabnet.inference.qc import write_qc_png
+from sabnet.inference.predict_image import preprocess_for_prediction
+from sabnet.io.atomic import atomic_path
+from sabnet.io.dicom import read_dicom_series, sequence_from_tags
+from sabnet.io.geometry import Geometry
+from sabnet.io.image_io import check_3d_scalar, read_image, write_image
+from sabnet.model.case_predictor import EnsemblePredictor
+from sabnet.planning.plans import Plan
+from sabnet.preprocessing.inverse import probabilities_to_original
+
+
+@dataclass
+class PredictionSettings:
+    output_dir: Path
+    mode: str = "2d"
+    prompts: dict | None = None           # the prompts file's content, by case id
+    save_probabilities: bool = False
+    overwrite: bool = False
+    qc: bool = False
+    postprocessing: Postprocessing | None = None
+
+
+@dataclass
+class CohortReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def output_path(case: InputCase, settings: PredictionSettings) -> Path:
+    return settings.output_dir / f"{case.case_id}{case.output_extension}"
+
+
+def select_part(cases: list[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
+    """Every num_parts-th case starting at part_id (cases sorted by id), to split a cohort over machines."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise SabnetError(f"--part-id must be in 0..{num_parts - 1} for --num-parts {num_parts}")
+    return sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
+
+
+def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry, str]:
+    """Channels (array order), geometry, and the sequence read from DICOM tags ('unknown' otherwise)."""
+    if case.series_uid is not None:
+        image, tags = read_dicom_series(case.sources[0], case.series_uid)
+        check_3d_scalar(image, case.sources[0])
+        return [sitk.GetArrayFromImage(image)], Geometry.of(image), sequence_from_tags(tags)
+    channels, geometry = [], None
+    for path in case.sources:
+        array, g = read_image(path)
+        if geometry is not None and g.differences(geometry):
+            raise SabnetError(f"{path}: channel geometry differs from {case.sources[0]} ({'; '.join(g.differences(geometry))})")
+        channels.append(array)
+        geometry = g
+    return channels, geometry, "unknown"
+
+
+def _prepare(case: InputCase, plan: Plan, settings: PredictionSettings):
+    channels, geometry, sequence = read_case(case)
+    preprocessed = preprocess_for_prediction(channels, geometry, plan, sequence=sequence)
+    prompts = None
+    if settings.prompts and case.case_id in settings.prompts:
+        spec = settings.prompts[case.case_id]
+        prompts = slice_prompts_for_case(spec["prompts"], spec.get("coordinates", "ijk"), geometry,
+                                         preprocessed.properties, plan.labels, f"prompts for {case.case_id}")
+    return channels, geometry, preprocessed, prompts
+
+
+def _write(case: InputCase, plan: Plan, settings: PredictionSettings, channels, geometry: Geometry,
+           labels: np.ndarray, probabilities: np.ndarray | None, properties: dict) -> None:
+    if settings.postprocessing is not None:
+        labels = apply_postprocessing(labels, settings.postprocessing, geometry.axis_spacing_mm)
+    write_image(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), geometry, output_path(case, settings))
+    if probabilities is not None:
+        with atomic_path(settings.output_dir / f"{case.case_id}_probabilities.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, probabilities=probabilities, labels=np.array(list(plan.labels)))
+    if settings.qc:
+        write_qc_png(channels[0], labels, geometry, properties["slice_frame"]["axes"][0], plan.labels,
+                     settings.output_dir / f"{case.case_id}_qc.png", title=f"{case.case_id} ({settings.mode})")
+
+
+def predict_cohort(cases: list[InputCase], plan: Plan, predictor: EnsemblePredictor,
+                   settings: PredictionSettings) -> CohortReport:
+    """Predict every case that has no output yet (all with `overwrite`)."""
+    report = CohortReport()
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for case in cases:
+        if output_path(case, settings).exists() and not settings.overwrite:
+            report.skipped.append(case.case_id)
+        else:
+            todo.append(case)
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending_write: tuple[str, Future] | None = None
+        upcoming = reader.submit(_prepare, todo[0], plan, settings) if todo else None
+        for i, case in enumerate(tqdm(todo, desc="predict", unit="case", dynamic_ncols=True)):
+            current, upcoming = upcoming, (reader.submit(_prepare, todo[i + 1], plan, settings) if i + 1 < len(todo) else None)
+            try:
+                channels, geometry, pre, prompts = current.result()
+                probs = predictor.predict(pre.image, pre.depth_image, pre.properties, settings.mode, prompts)
+                labels, full = probabilities_to_original(probs, pre.properties, settings.save_probabilities)
+                del probs
+            except SabnetError as e:
+                report.failed.append((case.case_id, str(e)))
+                continue
+            except Exception as e:  # keep going with the other cases; say what broke
+                report.failed.append((case.case_id, f"{type(e).__name__}: {e}"))
+                continue
+            if pending_write is not None:
+                _collect(pending_write, report)
+            pending_write = (case.case_id, writer.submit(_write, case, plan, settings, channels, geometry, labels, full,
+                                                         pre.properties))
+        if pending_write is not None:
+            _collect(pending_write, report)
+    return report
+
+
+def _collect(pending: tuple[str, Future], report: CohortReport) -> None:
+    case_id, future = pending
+    try:
+        future.result()
+        report.written.append(case_id)
+    except Exception as e:
+        report.failed.append((case_id, str(e) if isinstance(e, SabnetError) else f"{type(e).__name__}: {e}"))
