@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
@@ -34,6 +33,15 @@ class _ConvBlock3d(nn.Sequential):
         )
 
 
+def in_plane_reduction(volume_shape: Sequence[int], grid_size: int) -> int:
+    """The largest power of two by which the volume's in-plane axes can be averaged down while
+    keeping at least `grid_size` (the image-embedding grid) voxels across."""
+    factor, smallest = 1, min(volume_shape[1:])
+    while -(-smallest // (2 * factor)) >= max(grid_size, MIN_POOLED_VOXELS):
+        factor *= 2
+    return factor
+
+
 def pooling_strides(volume_shape: Sequence[int], n_levels: int) -> list[list[int]]:
     """Stride (D, H, W) into each level below the first: 2 along an axis while it keeps at least
     MIN_POOLED_VOXELS voxels, else 1 (thin volumes are not pooled along the slice axis)."""
@@ -48,13 +56,20 @@ def pooling_strides(volume_shape: Sequence[int], n_levels: int) -> list[list[int
 class DepthNet(nn.Module):
     """A small 3D U-Net. Volume (N, 1, D, H, W) -> bone logits (N, 1, D, H, W).
 
-    channels: features per level (e.g. [4, 8, 16, 32] is four levels); volume_shape: the planned
-    (D, H, W), used to choose per-axis pooling. Any input size works.
+    channels: features per level (e.g. [16, 32, 64] is three levels); volume_shape: the planned
+    (D, H, W); grid_size: the image-embedding grid the attention maps are used on. Any input size
+    works.
+    The volume is first averaged in-plane down to about the embedding grid's resolution (the
+    attention maps are reduced to that grid anyway), and the logits are upsampled (trilinear) back
+    to the input size. That, and channels of at least 16 (below, PyTorch's CPU conv3d takes a slow
+    path), keep its cost per volume small against the encoder's cost for the volume's slices.
     """
 
-    def __init__(self, channels: Sequence[int], volume_shape: Sequence[int]) -> None:
+    def __init__(self, channels: Sequence[int], volume_shape: Sequence[int], grid_size: int) -> None:
         super().__init__()
-        strides = pooling_strides(volume_shape, len(channels))
+        self.in_plane_reduction = in_plane_reduction(volume_shape, grid_size)
+        reduced = [volume_shape[0]] + [-(-s // self.in_plane_reduction) for s in volume_shape[1:]]
+        strides = pooling_strides(reduced, len(channels))
         self.down = nn.ModuleList([_ConvBlock3d(1, channels[0])])
         for level in range(1, len(channels)):
             self.down.append(_ConvBlock3d(channels[level - 1], channels[level], strides[level - 1]))
@@ -67,13 +82,16 @@ class DepthNet(nn.Module):
     def forward(self, volume: Tensor) -> Tensor:
         skips = []
         x = volume
+        if self.in_plane_reduction > 1:
+            depth, height, width = volume.shape[2:]
+            x = F.adaptive_avg_pool3d(x, (depth, -(-height // self.in_plane_reduction), -(-width // self.in_plane_reduction)))
         for block in self.down:
             x = block(x)
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return F.interpolate(self.head(x), size=volume.shape[2:], mode="trilinear", align_corners=False)
 
 
 def slice_attention_map(prob_volume: Tensor, slice_positions: Tensor, out_hw: tuple[int, int],
