@@ -1,0 +1,1 @@
+"""Training: splits, data pipeline, the two-stage trainer, checkpoints, fine-tuning."""

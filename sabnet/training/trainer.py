@@ -1,0 +1,193 @@
+"""The epoch loop of one training phase of one fold.
+
+A fold trains in up to three phases (see `run_training`): '2d' (stage 1, the adapter-SAM on slices),
+'depth' and 'fusion' (stage 2). Each phase is an object with the `Phase` interface below; `EpochLoop`
+does what every phase shares: AdamW over the trainable parameters with warm-up + polynomial decay
+per iteration, bf16 autocast on CUDA, gradient clipping (norm 12), a tqdm bar per epoch, validation
+after each epoch, the smoothed validation Dice (exponential moving average, weight 0.1 for the new
+epoch, as nnU-Net), `checkpoint_latest` every epoch (with optimizer, scheduler and RNG states),
+`checkpoint_best` when the smoothed Dice improves, `training_log.txt` and `progress.png`.
+
+Determinism: each epoch's batches come from a loader and augmenter seeded by (plan seed, fold,
+phase, epoch, rank), so a run resumed from `checkpoint_latest` replays the very batches an
+uninterrupted run sees; on the CPU the weights then match bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import ContextManager, Iterator, Protocol
+
+import numpy as np
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from sabnet.model.sab_model import SABModel
+from sabnet.planning.plans import Plan
+from sabnet.training.checkpoints import rng_state, save_checkpoint, set_rng_state
+from sabnet.training.distributed import DistributedContext, autocast, wrap
+from sabnet.training.progress import ProgressLog
+from sabnet.training.schedule import Schedule, make_optimizer
+
+GRADIENT_CLIP_NORM = 12.0
+EMA_WEIGHT = 0.1  # weight of the newest epoch in the smoothed validation Dice
+PHASE_NUMBERS = {"2d": 1, "depth": 2, "fusion": 3}
+
+
+def epoch_seed(plan_seed: int, fold: int, phase: str, epoch: int, rank: int = 0) -> int:
+    """The data seed of one epoch of one process: a fixed function of its coordinates."""
+    return int(np.random.SeedSequence([int(plan_seed), int(fold), PHASE_NUMBERS[phase], int(epoch),
+                                       int(rank)]).generate_state(1)[0])
+
+
+@dataclass
+class ValidationScores:
+    """loss: mean validation loss (None: not measured); dice: {label: pseudo Dice or None}."""
+
+    loss: float | None
+    dice: dict[str, float | None]
+
+    @property
+    def mean_dice(self) -> float | None:
+        values = [v for v in self.dice.values() if v is not None]
+        return float(np.mean(values)) if values else None
+
+
+class Phase(Protocol):
+    """What EpochLoop needs from a phase.
+
+    name: '2d' | 'depth' | 'fusion'; stage: '2d' | '3d' (the model stage it trains);
+    tracks_best: whether it writes checkpoint_best; find_unused_parameters: for DDP.
+    """
+
+    name: str
+    stage: str
+    tracks_best: bool
+    find_unused_parameters: bool
+
+    def configure(self, model: SABModel) -> None:
+        """Set requires_grad on the model's parameters for this phase."""
+
+    def ddp_module(self, model: SABModel) -> nn.Module:
+        """The module that `training_loss` calls (wrapped in DDP when distributed)."""
+
+    def batches(self, epoch: int) -> ContextManager[Iterator[dict]]:
+        """The epoch's training batches (an endless iterator), closed at the end of the epoch."""
+
+    def training_loss(self, net: nn.Module, batch: dict) -> Tensor:
+        """Loss of one batch through `net` (the possibly wrapped `ddp_module`)."""
+
+    def validate(self, model: SABModel) -> ValidationScores:
+        """Scores on the fold's validation cases, the same on every process."""
+
+
+class EpochLoop:
+    """Trains `phase` for `schedule.epochs` epochs; see the module docstring.
+
+    run_info: fold-level metadata stored in every checkpoint (fold, stage request, phases, ...).
+    history: the fold's epoch records so far (all phases); this loop appends to it.
+    """
+
+    def __init__(self, phase: Phase, model: SABModel, schedule: Schedule, ctx: DistributedContext, fold_dir,
+                 plan: Plan, run_info: dict, history: list[dict], progress: ProgressLog) -> None:
+        self.phase, self.model, self.schedule, self.ctx = phase, model, schedule, ctx
+        self.fold_dir, self.plan, self.run_info = fold_dir, plan, run_info
+        self.history, self.progress = history, progress
+        self.ema_dice: float | None = None
+        self.best_ema_dice: float | None = None
+
+    def run(self, start_epoch: int = 0, resume: dict | None = None) -> None:
+        """Epochs start_epoch..epochs-1. `resume`: {"training_state", "metadata"} of checkpoint_latest."""
+        self.phase.configure(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer, scheduler = make_optimizer(params, self.schedule)
+        net = wrap(self.phase.ddp_module(self.model), self.ctx, self.phase.find_unused_parameters)
+        if resume is not None:
+            optimizer.load_state_dict(resume["training_state"]["optimizer"])
+            scheduler.load_state_dict(resume["training_state"]["scheduler"])
+            set_rng_state(resume["training_state"]["rng"])
+            self.ema_dice = resume["metadata"].get("ema_dice")
+            self.best_ema_dice = resume["metadata"].get("best_ema_dice")
+        for epoch in range(start_epoch, self.schedule.epochs):
+            self._epoch(epoch, net, params, optimizer, scheduler)
+
+    def _epoch(self, epoch: int, net: nn.Module, params: list, optimizer, scheduler) -> None:
+        ctx, schedule, name = self.ctx, self.schedule, self.phase.name
+        start = time.perf_counter()
+        self.model.train()
+        losses = []
+        bar = tqdm(total=schedule.iterations_per_epoch, desc=f"fold {self.run_info['fold']} {name} "
+                   f"epoch {epoch + 1}/{schedule.epochs}", unit="it", disable=not ctx.is_main,
+                   dynamic_ncols=True, leave=False)
+        with self.phase.batches(epoch) as batches:
+            for _ in range(schedule.iterations_per_epoch):
+                batch = next(batches)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(ctx.device):
+                    loss = self.phase.training_loss(net, batch)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, GRADIENT_CLIP_NORM)
+                optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.1e}")
+                bar.update()
+        bar.close()
+        train_time = time.perf_counter() - start
+        self.model.eval()
+        scores = self.phase.validate(self.model)
+        improved = self._smooth(scores)
+        epoch_time = time.perf_counter() - start
+        record = {
+            "fold": self.run_info["fold"], "phase": name, "epoch": epoch, "n_epochs": schedule.epochs, "lr": lr,
+            "train_loss": float(np.mean(losses)), "val_loss": scores.loss, "dice": scores.dice,
+            "mean_dice": scores.mean_dice, "ema_dice": self.ema_dice, "epoch_time_s": round(epoch_time, 3),
+            "train_time_s": round(train_time, 3),
+            "iterations_per_s": round(schedule.iterations_per_epoch / max(train_time, 1e-9), 3),
+        }
+        self.history.append(record)
+        if ctx.is_main:
+            metadata = self.metadata(epoch, record)
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+            save_checkpoint(self.fold_dir, "latest", self.model, self.plan, metadata, state)
+            if improved:
+                save_checkpoint(self.fold_dir, "best", self.model, self.plan, metadata)
+            self.progress.epoch(record, self.history)
+            if improved:
+                self.progress.line(f"new best smoothed Dice {self.ema_dice:.4f}: checkpoint_best written")
+
+    def _smooth(self, scores: ValidationScores) -> bool:
+        """Update the smoothed Dice; True when it beats the phase's best (and the phase keeps a best)."""
+        value = scores.mean_dice
+        if value is None:
+            return False
+        self.ema_dice = value if self.ema_dice is None else (1 - EMA_WEIGHT) * self.ema_dice + EMA_WEIGHT * value
+        if not self.phase.tracks_best or (self.best_ema_dice is not None and self.ema_dice <= self.best_ema_dice):
+            return False
+        self.best_ema_dice = self.ema_dice
+        return True
+
+    def metadata(self, epoch: int, record: dict) -> dict:
+        return dict(self.run_info, phase=self.phase.name, stage=self.phase.stage,
+                    stages_done=stages_done(self.run_info["completed_phases"] + [self.phase.name]), epoch=epoch,
+                    n_epochs=self.schedule.epochs, schedule=self.schedule.to_dict(), train_loss=record["train_loss"],
+                    val_loss=record["val_loss"], pseudo_dice=record["dice"], ema_dice=self.ema_dice,
+                    best_ema_dice=self.best_ema_dice, epoch_time_s=record["epoch_time_s"],
+                    history=[_json_safe(r) for r in self.history])
+
+
+def stages_done(phases: list[str]) -> list[str]:
+    """Model stages that weights trained in `phases` have: '2d' after phase '2d', '3d' after 'fusion'
+    (the prediction modes the model supports; a stage-2 model keeps its 2D mode)."""
+    return [stage for stage, phase in (("2d", "2d"), ("3d", "fusion")) if phase in phases]
+
+
+def _json_safe(record: dict) -> dict:
+    """NaN -> None so metadata.json stays strict JSON."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return None if isinstance(v, float) and math.isnan(v) else v
+    return clean(record)
