@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from sabnet.model import ModelConfig, SABModel
+from sabnet.model.config import ModelConfig
+from sabnet.model.sab_model import SABModel
 
 DEFAULT_RUNS = [("sab_tiny", 256), ("sab_tiny", 512), ("sab_small", 256), ("sab_small", 512),
                 ("vit_b", 256), ("vit_b", 512), ("vit_b", 1024)]

@@ -1,5 +1,5 @@
 """sab_train -d D -f FOLD|all [--stage 2d|3d|all] [--sam-checkpoint PATH] [--device cpu|cuda|mps]
-[--epochs N] [--iters-per-epoch N] [--continue] [-nw N] [--no-validation]
+[--epochs N] [--iters-per-epoch N] [--budget-minutes M] [--continue] [-nw N] [--no-validation]
 
 Train one fold (or all five, one after another) of a preprocessed cohort. Stage 1 (2d) trains the
 adapter-SAM on slices with hybrid prompting; stage 2 (3d) trains the depth net on the
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, help="epochs of each phase (default: plans.json)")
     p.add_argument("--iters-per-epoch", dest="iterations_per_epoch", type=_positive,
                    help="iterations per epoch (default: plans.json)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="train each fold for about this many minutes: after each phase's first epoch, its number of "
+                        "epochs is set to what fits (phases share the budget: 2d 75%%, depth 5%%, fusion 20%%)")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from checkpoint_latest where a stopped run left off")
     p.add_argument("-nw", "--num-workers", dest="n_workers", type=int, default=2,
@@ -62,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     options = TrainingOptions(stage=args.stage, device=args.device, sam_checkpoint=args.sam_checkpoint,
                               epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                               n_workers=max(0, args.n_workers), continue_training=args.continue_training,
-                              final_validation=args.final_validation)
+                              final_validation=args.final_validation, budget_minutes=args.budget_minutes)
     results = train(ref, args.fold, options, log=tqdm.write)
     if main_process:
         for result in results:

@@ -113,3 +113,10 @@ def slice_frame_for(geometry: Geometry, slice_axis: int) -> SliceFrame:
 def frame_spacing_mm(geometry: Geometry, frame: SliceFrame) -> tuple[float, float, float]:
     """Spacing along the frame axes (slice, row, column), mm."""
     return tuple(geometry.axis_spacing_mm[a] for a in frame.axes)
+
+
+def depth_positions(slice_indices, n_slices: int, n_depth_slices: int) -> np.ndarray:
+    """Continuous low-resolution slice coordinates of full-resolution slice indices. Both volumes
+    cover the same extent along the slice axis: full slice i has its centre at (i + 0.5) / n_slices
+    of it, which is low-res coordinate (i + 0.5) * n_depth_slices / n_slices - 0.5."""
+    return (np.asarray(slice_indices, dtype=float) + 0.5) * n_depth_slices / n_slices - 0.5

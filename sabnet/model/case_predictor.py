@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from sabnet.model.slice_prompts import SlicePrompt, batch_prompts
-from sabnet.model.depth_branch import depth_positions, pad_to_input
+from sabnet.io.slice_frame import depth_positions
+from sabnet.model.depth_branch import pad_to_input
 from sabnet.model.sab_model import SABModel
 
 MODES = ("2d", "3d")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
@@ -171,10 +170,3 @@ class DepthFusion(nn.Module):
     def forward(self, embedding: Tensor, attention_grid: Tensor) -> Tensor:
         fused = self.block(torch.cat([embedding, attention_grid.to(embedding)], dim=1))
         return embedding + self.gate * fused
-
-
-def depth_positions(slice_indices, n_slices: int, n_depth_slices: int) -> np.ndarray:
-    """Continuous low-resolution slice coordinates of full-resolution slice indices. Both volumes
-    cover the same extent along the slice axis: full slice i has its centre at (i + 0.5) / n_slices
-    of it, which is low-res coordinate (i + 0.5) * n_depth_slices / n_slices - 0.5."""
-    return (np.asarray(slice_indices, dtype=float) + 0.5) * n_depth_slices / n_slices - 0.5

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sabnet.io.geometry import Geometry
-from sabnet.model.depth_branch import depth_positions
-from sabnet.io.slice_frame import SliceFrame, frame_spacing_mm, slice_frame_for
+from sabnet.io.slice_frame import SliceFrame, depth_positions, frame_spacing_mm, slice_frame_for
 from sabnet.planning.fingerprint import nonzero_box
 from sabnet.planning.plans import CaseSlicing, Plan
 from sabnet.preprocessing.normalization import normalize
@@ -84,7 +83,8 @@ def preprocess_arrays(channels: list[np.ndarray], geometry: Geometry, labels: np
     out_labels = None
     if labels is not None:
         mapped = map_labels(frame.to_frame(labels[crop]), plan.label_mapping)
-        out_labels = resample_labels(mapped, out_hw, sorted(set(plan.labels.values())))
+        present = np.flatnonzero(np.bincount(mapped.ravel(), minlength=1)).tolist()
+        out_labels = resample_labels(mapped, out_hw, present)
     pp_spacing = [spacing[0], rows * spacing[1] / out_hw[0], cols * spacing[2] / out_hw[1]]
     extent = [n_slices * spacing[0], rows * spacing[1], cols * spacing[2]]
     d_shape = depth_shape(extent, pp.depth_volume.spacing_mm)

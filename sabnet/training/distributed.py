@@ -104,6 +104,15 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistributedContext) -> torch.Tenso
     return values.cpu()
 
 
+def all_reduce_max(value: float, ctx: DistributedContext) -> float:
+    """The largest of one number over all processes (the number itself on one process)."""
+    if not ctx.distributed:
+        return value
+    tensor = torch.tensor([float(value)], device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def barrier(ctx: DistributedContext) -> None:
     if ctx.distributed:
         dist.barrier()

@@ -15,6 +15,10 @@ final_2d when stage 1 runs) so they never mix with the new run's. `--continue` r
 checkpoint_latest: same plan (hash), same overrides; a finished phase goes on with the next one; a
 finished run only writes what is missing (final checkpoint, validation). With `-f all --continue`,
 folds that never started (no checkpoint_latest) start anew, so a killed five-fold run resumes.
+
+`TrainingOptions.init_weights` (sab_finetune) gives a fold's stage 1 other weights to start from
+than random or SAM ones; checkpoints record their origin as `finetuned_from`, through stage 2 and
+`--continue` too.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from sabnet.training.progress import ProgressLog
 from sabnet.training.schedule import Schedule
 from sabnet.training.slice_phase import SlicePhase
 from sabnet.training.splits import fold_cases, load_or_create_splits
-from sabnet.training.trainer import EpochLoop, stages_done
+from sabnet.training.trainer import CALIBRATION_ITERATIONS, EpochLoop, stages_done
 from sabnet.training.validation import final_modes, validate_fold
 
 STAGE_PHASES = {"2d": ("2d",), "3d": ("depth", "fusion"), "all": ("2d", "depth", "fusion")}
@@ -65,9 +69,26 @@ class TrainingOptions:
     n_workers: int = 2
     continue_training: bool = False
     final_validation: bool = True
+    budget_minutes: float | None = None
+    init_weights: dict[int, InitialWeights] | None = None
 
     def overrides(self) -> dict:
-        return {"epochs": self.epochs, "iterations_per_epoch": self.iterations_per_epoch}
+        return {"epochs": self.epochs, "iterations_per_epoch": self.iterations_per_epoch,
+                "budget_minutes": self.budget_minutes}
+
+
+@dataclass
+class InitialWeights:
+    """Weights a fold's stage 1 starts from instead of random or SAM weights (sab_finetune makes them).
+
+    state_file: a state dict that fits the plan's model exactly.
+    pretrained: its SAM encoders are an official checkpoint's, so they stay frozen as in its own training.
+    origin: where the weights come from (JSON-able); every checkpoint of the run records it as `finetuned_from`.
+    """
+
+    state_file: Path
+    pretrained: bool
+    origin: dict
 
 
 @dataclass
@@ -142,11 +163,26 @@ def _fold_index(fold: int | str, n_folds: int) -> int:
     return value
 
 
+# Share of a time budget each phase gets, by the phases a run trains.
+BUDGET_SHARES = {("2d",): {"2d": 1.0}, ("depth", "fusion"): {"depth": 0.2, "fusion": 0.8},
+                 ("2d", "depth", "fusion"): {"2d": 0.75, "depth": 0.05, "fusion": 0.2}}
+
+
+def phase_budget_s(phase: str, phases: tuple[str, ...], budget_minutes: float | None) -> float | None:
+    """Seconds of training (validation per epoch included) a phase may take under a run's budget."""
+    if budget_minutes is None:
+        return None
+    return 60.0 * budget_minutes * BUDGET_SHARES[tuple(phases)][phase]
+
+
 def phase_schedule(phase: str, plan: Plan, overrides: dict) -> Schedule:
-    """The effective schedule of a phase: plan defaults, overridden by the run's flags."""
+    """The effective schedule of a phase: plan defaults, overridden by the run's flags; under a
+    time budget, by the epochs decided after the phase's first epoch (`overrides["phase_epochs"]`)."""
     t = plan.training
-    return Schedule(epochs=overrides.get("epochs") or (t.epochs if phase == "2d" else t.stage2_epochs),
-                    iterations_per_epoch=overrides.get("iterations_per_epoch") or t.iterations_per_epoch,
+    epochs = (overrides.get("phase_epochs") or {}).get(phase)
+    iterations = (overrides.get("phase_iterations") or {}).get(phase)
+    return Schedule(epochs=epochs or overrides.get("epochs") or (t.epochs if phase == "2d" else t.stage2_epochs),
+                    iterations_per_epoch=iterations or overrides.get("iterations_per_epoch") or t.iterations_per_epoch,
                     batch_size=1 if phase == "depth" else t.batch_size, initial_lr=t.initial_lr,
                     weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs)
 
@@ -169,6 +205,8 @@ def _train_fold(ref: DatasetRef, plan: Plan, store: PreprocessedStore, fold: int
     if options.sam_checkpoint and (resume or phases[0] != "2d"):
         progress.line(f"note: --sam-checkpoint is used when stage 1 starts; this run's weights come from the "
                       f"fold's {'checkpoint_latest' if resume else 'checkpoint_final_2d'}")
+    if "finetuned_from" in run_info and not resume and phases[0] == "2d":
+        progress.line(f"starting from {run_info['finetuned_from'].get('summary', run_info['finetuned_from'])}")
     elif not run_info["pretrained"] and plan.model["variant"] in SAM_VARIANTS and not resume and phases[0] == "2d":
         progress.line(f"note: training {plan.model['variant']} from random weights (no --sam-checkpoint given)")
     trained = []
@@ -183,7 +221,11 @@ def _train_fold(ref: DatasetRef, plan: Plan, store: PreprocessedStore, fold: int
             progress.line(f"phase {name}: {schedule.epochs} epochs x {schedule.iterations_per_epoch} iterations, "
                           f"batch {schedule.batch_size}, lr {schedule.initial_lr:g}; parameters: "
                           f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen")
-            loop = EpochLoop(phase, model, schedule, ctx, fd, plan, dict(run_info), begin.history, progress)
+            budget = phase_budget_s(name, phases, run_info["overrides"].get("budget_minutes"))
+            if budget is not None and (run_info["overrides"].get("phase_epochs") or {}).get(name) is None:
+                progress.line(f"phase {name}: time budget {budget / 60:.1f} min; iterations per epoch are set after "
+                              f"{CALIBRATION_ITERATIONS} timed iterations, the number of epochs after the first epoch")
+            loop = EpochLoop(phase, model, schedule, ctx, fd, plan, run_info, begin.history, progress, budget)
             loop.run(start_epoch, begin.resume if index == begin.phase_index else None)
             trained.append(name)
         run_info["completed_phases"] = list(dict.fromkeys(run_info["completed_phases"] + [name]))
@@ -245,7 +287,13 @@ def _fresh_start(fd: Path, plan: Plan, fold: int, phases: tuple[str, ...], optio
                  ctx: DistributedContext) -> _Start:
     config = ModelConfig.from_dict(plan.model)
     _seed_everything(plan.training.seed + fold)
-    if phases[0] == "2d":
+    origin = None
+    if phases[0] == "2d" and (options.init_weights or {}).get(fold) is not None:
+        init = options.init_weights[fold]
+        model = _initialised_model(config, init)
+        pretrained, checkpoint, history, done, origin = init.pretrained, None, [], [], init.origin
+        stale = ("latest", "best", "final", "final_2d")
+    elif phases[0] == "2d":
         checkpoint = options.sam_checkpoint
         if checkpoint is not None:
             _check_sam_checkpoint(Path(checkpoint), config)
@@ -260,6 +308,7 @@ def _fresh_start(fd: Path, plan: Plan, fold: int, phases: tuple[str, ...], optio
         meta = load_weights(model, fd, "final_2d", plan)
         pretrained, checkpoint, history, done = bool(meta.get("pretrained")), meta.get("sam_checkpoint"), \
             list(meta.get("history", [])), ["2d"]
+        origin = meta.get("finetuned_from")
         stale = ("latest", "best", "final")
     if ctx.is_main:
         removed = remove_checkpoints(fd, stale)
@@ -271,7 +320,22 @@ def _fresh_start(fd: Path, plan: Plan, fold: int, phases: tuple[str, ...], optio
     run_info = {"fold": fold, "stage_request": options.stage, "phases": list(phases), "completed_phases": done,
                 "overrides": options.overrides(), "pretrained": pretrained,
                 "sam_checkpoint": str(checkpoint) if checkpoint else None}
+    if origin is not None:
+        run_info["finetuned_from"] = origin
     return _Start(model, 0, 0, None, run_info, history)
+
+
+def _initialised_model(config: ModelConfig, init: InitialWeights) -> SABModel:
+    model = build_model(config)
+    try:
+        missing, unexpected = model.load_state_dict(read_state_dict(init.state_file), strict=False)
+    except RuntimeError as e:  # tensors of another shape
+        raise SabnetError(f"{init.state_file}: initial weights do not fit the plan's model ({e}); "
+                          "make them again for this plan") from None
+    if missing or unexpected:
+        raise SabnetError(f"{init.state_file}: initial weights do not fit the plan's model (missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}); make them again for this plan")
+    return model
 
 
 def _check_sam_checkpoint(path: Path, config: ModelConfig) -> None:
@@ -304,7 +368,8 @@ def _resume_point(fd: Path, plan: Plan, phases: tuple[str, ...], options: Traini
     recorded = meta.get("overrides", {})
     for key, value in options.overrides().items():
         if value is not None and value != recorded.get(key):
-            flag = {"epochs": "--epochs", "iterations_per_epoch": "--iters-per-epoch"}[key]
+            flag = {"epochs": "--epochs", "iterations_per_epoch": "--iters-per-epoch",
+                    "budget_minutes": "--budget-minutes"}[key]
             was = recorded.get(key)
             raise SabnetError(f"{flag} {value} differs from the run being continued "
                               f"({was if was is not None else 'the plan default'}); continue it with the same "
@@ -317,6 +382,8 @@ def _resume_point(fd: Path, plan: Plan, phases: tuple[str, ...], options: Traini
                           "now gives; restore the plan it was trained with or start a new run")
     run_info = {k: meta[k] for k in ("fold", "pretrained", "sam_checkpoint", "completed_phases")}
     run_info.update(stage_request=options.stage, phases=list(phases), overrides=recorded)
+    if "finetuned_from" in meta:
+        run_info["finetuned_from"] = meta["finetuned_from"]
     index, epoch = phases.index(phase), int(meta["epoch"]) + 1
     resume = {"training_state": load_training_state(fd, "latest"), "metadata": meta}
     return _Start(model, index, epoch, resume, run_info, list(meta.get("history", [])))

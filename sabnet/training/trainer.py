@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ContextManager, Iterator, Protocol
 
 import numpy as np
@@ -26,12 +26,16 @@ from tqdm import tqdm
 from sabnet.model.sab_model import SABModel
 from sabnet.planning.plans import Plan
 from sabnet.training.checkpoints import rng_state, save_checkpoint, set_rng_state
-from sabnet.training.distributed import DistributedContext, autocast, wrap
+from sabnet.training.distributed import DistributedContext, all_reduce_max, autocast, wrap
 from sabnet.training.progress import ProgressLog
 from sabnet.training.schedule import Schedule, make_optimizer
 
 GRADIENT_CLIP_NORM = 12.0
 EMA_WEIGHT = 0.1  # weight of the newest epoch in the smoothed validation Dice
+MAX_BUDGET_EPOCHS = 1000
+CALIBRATION_ITERATIONS = 4   # under a time budget, iterations timed before the epoch length is set
+TARGET_EPOCHS = 10           # ... chosen so that about this many epochs fit the budget
+VALIDATION_SHARE = 0.15      # share of the budget assumed for per-epoch validation when calibrating
 PHASE_NUMBERS = {"2d": 1, "depth": 2, "fusion": 3}
 
 
@@ -90,10 +94,12 @@ class EpochLoop:
     """
 
     def __init__(self, phase: Phase, model: SABModel, schedule: Schedule, ctx: DistributedContext, fold_dir,
-                 plan: Plan, run_info: dict, history: list[dict], progress: ProgressLog) -> None:
+                 plan: Plan, run_info: dict, history: list[dict], progress: ProgressLog,
+                 budget_s: float | None = None) -> None:
         self.phase, self.model, self.schedule, self.ctx = phase, model, schedule, ctx
         self.fold_dir, self.plan, self.run_info = fold_dir, plan, run_info
         self.history, self.progress = history, progress
+        self.budget_s = budget_s
         self.ema_dice: float | None = None
         self.best_ema_dice: float | None = None
 
@@ -109,8 +115,41 @@ class EpochLoop:
             set_rng_state(resume["training_state"]["rng"])
             self.ema_dice = resume["metadata"].get("ema_dice")
             self.best_ema_dice = resume["metadata"].get("best_ema_dice")
-        for epoch in range(start_epoch, self.schedule.epochs):
+        epoch = start_epoch
+        while epoch < self.schedule.epochs:
             self._epoch(epoch, net, params, optimizer, scheduler)
+            epoch += 1
+
+    def _fit_budget_iterations(self, iteration_times_s: list[float], scheduler) -> None:
+        """Under a time budget, after the first CALIBRATION_ITERATIONS of the phase: iterations per
+        epoch such that about TARGET_EPOCHS epochs fit the budget (never more than planned)."""
+        t = all_reduce_max(float(np.median(iteration_times_s[1:] or iteration_times_s)), self.ctx)
+        total = max(2, int(self.budget_s * (1 - VALIDATION_SHARE) // max(t, 1e-6)))
+        iterations = int(min(self.schedule.iterations_per_epoch, max(1, total // TARGET_EPOCHS)))
+        self.run_info["overrides"].setdefault("phase_iterations", {})[self.phase.name] = iterations
+        self._reschedule(scheduler, iterations_per_epoch=iterations,
+                         epochs=max(2, min(MAX_BUDGET_EPOCHS, total // iterations)))
+        self.progress.line(f"phase {self.phase.name}: {t:.2f} s per iteration; {iterations} iterations per epoch "
+                           f"to fit the budget of {self.budget_s / 60:.1f} min")
+
+    def _fit_budget_epochs(self, epoch_time_s: float, scheduler) -> None:
+        """Under a time budget, after the first epoch (validation included): as many epochs as the
+        budget holds, at least 2. Recorded in run_info so checkpoints and a resumed run use it."""
+        epoch_time_s = all_reduce_max(epoch_time_s, self.ctx)
+        epochs = int(max(2, min(MAX_BUDGET_EPOCHS, self.budget_s // max(epoch_time_s, 1e-6))))
+        self.run_info["overrides"].setdefault("phase_epochs", {})[self.phase.name] = epochs
+        self._reschedule(scheduler, epochs=epochs)
+        self.progress.line(f"phase {self.phase.name}: first epoch took {epoch_time_s:.1f} s; the budget of "
+                           f"{self.budget_s / 60:.1f} min holds {epochs} epochs")
+
+    def _reschedule(self, scheduler, **changes) -> None:
+        """Change the phase's schedule mid-run; the scheduler's warm-up and decay follow it."""
+        self.schedule = replace(self.schedule, **changes)
+        scheduler.warmup_steps = self.schedule.warmup_iterations
+        scheduler.total_steps = self.schedule.total_iterations
+
+    def _budget_pending(self, key: str) -> bool:
+        return self.budget_s is not None and (self.run_info["overrides"].get(key) or {}).get(self.phase.name) is None
 
     def _epoch(self, epoch: int, net: nn.Module, params: list, optimizer, scheduler) -> None:
         ctx, schedule, name = self.ctx, self.schedule, self.phase.name
@@ -120,8 +159,12 @@ class EpochLoop:
         bar = tqdm(total=schedule.iterations_per_epoch, desc=f"fold {self.run_info['fold']} {name} "
                    f"epoch {epoch + 1}/{schedule.epochs}", unit="it", disable=not ctx.is_main,
                    dynamic_ncols=True, leave=False)
+        calibrate = epoch == 0 and self._budget_pending("phase_iterations")
+        iteration_times = []
         with self.phase.batches(epoch) as batches:
-            for _ in range(schedule.iterations_per_epoch):
+            iteration = 0
+            while iteration < self.schedule.iterations_per_epoch:
+                tick = time.perf_counter()
                 batch = next(batches)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(ctx.device):
@@ -134,12 +177,21 @@ class EpochLoop:
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.1e}")
                 bar.update()
+                iteration += 1
+                iteration_times.append(time.perf_counter() - tick)
+                if calibrate and iteration == CALIBRATION_ITERATIONS:
+                    self._fit_budget_iterations(iteration_times, scheduler)
+                    bar.total = self.schedule.iterations_per_epoch
+                    bar.set_description(f"fold {self.run_info['fold']} {name} epoch 1/{self.schedule.epochs}")
         bar.close()
         train_time = time.perf_counter() - start
         self.model.eval()
         scores = self.phase.validate(self.model)
         improved = self._smooth(scores)
         epoch_time = time.perf_counter() - start
+        if epoch == 0 and self._budget_pending("phase_epochs"):
+            self._fit_budget_epochs(epoch_time, scheduler)
+        schedule = self.schedule
         record = {
             "fold": self.run_info["fold"], "phase": name, "epoch": epoch, "n_epochs": schedule.epochs, "lr": lr,
             "train_loss": float(np.mean(losses)), "val_loss": scores.loss, "dice": scores.dice,

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from sabnet.model import ModelConfig, SABModel, attention_to_grid, pad_to_input
-from sabnet.model.depth_branch import (DepthNet, depth_positions, in_plane_reduction, pooling_strides,
+from sabnet.model.config import ModelConfig
+from sabnet.model.depth_branch import attention_to_grid, pad_to_input
+from sabnet.model.sab_model import SABModel
+from sabnet.io.slice_frame import depth_positions
+from sabnet.model.depth_branch import (DepthNet, in_plane_reduction, pooling_strides,
                                       slice_attention_map)
 
 

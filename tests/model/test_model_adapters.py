@@ -6,7 +6,8 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, TwoWayTransformer
 from torch import nn
 
-from sabnet.model import ModelConfig, SABModel
+from sabnet.model.config import ModelConfig
+from sabnet.model.sab_model import SABModel
 from sabnet.model.adapters import Adapter, is_adapter_parameter
 
 

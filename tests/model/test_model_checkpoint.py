@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from sabnet.errors import SabnetError
-from sabnet.model import (ModelConfig, SABModel, build_model, config_from_checkpoint, detect_variant,
-                          load_sam_checkpoint, read_state_dict)
+from sabnet.model.checkpoint import config_from_checkpoint, detect_variant, load_sam_checkpoint, read_state_dict
+from sabnet.model.config import ModelConfig
+from sabnet.model.sab_model import SABModel, build_model
 
 
 class NotAStateDict:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sabnet.errors import SabnetError
-from sabnet.model import VARIANTS, ModelConfig, choose_window_size
+from sabnet.model.config import VARIANTS, ModelConfig, choose_window_size
 
 
 def test_sam_variants_match_segment_anything_builders():

@@ -4,7 +4,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from sabnet.model import ModelConfig, PromptSampler, SABModel
+from sabnet.model.config import ModelConfig
+from sabnet.model.prompts import PromptSampler
+from sabnet.model.sab_model import SABModel
 
 
 def two_discs(size=96):

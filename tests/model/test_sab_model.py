@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from sabnet.model import ModelConfig, Prompts, SABModel, build_model, pad_to_input
+from sabnet.model.config import ModelConfig
+from sabnet.model.depth_branch import pad_to_input
+from sabnet.model.prompts import Prompts
+from sabnet.model.sab_model import SABModel, build_model
 
 
 def small_model(seed=0, **settings):

@@ -1,0 +1,183 @@
+"""Few-shot fine-tuning on phantoms: a knee + lumbar spine + hip model fine-tuned on 2 hand volumes,
+against the same variant trained from scratch on those 2 volumes, both evaluated on held-out hands.
+
+    python benchmarks/finetune_hand.py [--source-minutes 8] [--finetune-minutes 3] [--source-cases 18]
+        [--test-cases 6] [--size 160] [-np 2] [--workdir DIR] [--quick]
+
+Binary mode ('bone'): hand bones share no name with knee, spine or hip bones, so in multi-label
+mode every hand output head would start fresh; merged into 'bone', the source's head carries over.
+
+Steps (each a console command, printed as run; logs in <workdir>/logs):
+ 1. source: phantoms of knee, lumbar_spine and hip (T1/T2, seed 0), planned --binary, fold 0
+    trained (stage 2d) for --source-minutes;
+ 2. hand: 2 training phantoms + --test-cases held-out ones in imagesTs/labelsTs (seed 7);
+ 3. (a) sab_finetune --cases 2 from the source for --finetune-minutes;
+    (b) the same 2 volumes as a separate dataset, planned on their own (binary), its model set to the
+        source's variant and image size, the same split, trained from scratch for the same minutes;
+ 4. both predict the held-out hands (2D mode); sabnet.evaluation scores them against the
+    references merged to one bone label (Dice, HD95 in mm per case; means).
+--quick: tiny phantoms (64 px, 8 slices), the model shrunk to 64 px and 2 encoder blocks, budgets
+of a few seconds: checks that the pipeline runs, its figures mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sabnet.evaluation.evaluate import evaluate_folder
+from sabnet.io.image_io import read_image, write_image
+from sabnet.model.config import ModelConfig
+from sabnet.phantoms.cohort import make_phantom_dataset
+from sabnet.planning.plans import load_plan, save_plan
+
+SOURCE, HAND, SCRATCH = "Dataset981_KneeSpineHip", "Dataset982_HandFinetune", "Dataset983_HandScratch"
+OWN_SETTINGS = ("in_channels", "n_outputs", "output_mode", "n_labels", "depth_volume_shape", "depth_neighbourhood_slices")
+QUICK_MODEL = dict(image_size=64, encoder_depth=2, encoder_global_attn_indexes=[1], depth_channels=[4, 8])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source-minutes", type=float, default=8.0, help="training budget of the source model")
+    p.add_argument("--finetune-minutes", type=float, default=3.0, help="budget of fine-tuning and of the scratch run")
+    p.add_argument("--source-cases", type=int, default=18, help="source phantoms (a third per location)")
+    p.add_argument("--test-cases", type=int, default=6, help="held-out hand phantoms")
+    p.add_argument("--size", type=int, default=160, help="about this many voxels per in-plane side")
+    p.add_argument("-np", "--processes", type=int, default=2, help="processes for phantoms and preprocessing")
+    p.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder, removed)")
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (figures meaningless)")
+    args = p.parse_args()
+    if args.quick:
+        args.source_minutes, args.finetune_minutes = 0.4, 0.25
+        args.source_cases, args.test_cases, args.size = 6, 2, 64
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="sabnet_finetune_hand_"))
+    try:
+        run(args, work.resolve())
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    env = dict(os.environ, SABNET_RAW=str(work / "raw"), SABNET_PREPROCESSED=str(work / "preprocessed"),
+               SABNET_RESULTS=str(work / "results"))
+    os.environ.update({k: env[k] for k in ("SABNET_RAW", "SABNET_PREPROCESSED", "SABNET_RESULTS")})
+    steps: list[tuple[str, float]] = []
+    load_before = os.getloadavg()
+    shape = dict(in_plane_size=args.size, n_slices=8 if args.quick else None, n_workers=args.processes)
+    started = time.perf_counter()
+    source = make_phantom_dataset(work / "phantoms", ("knee", "lumbar_spine", "hip"), ("T1", "T2"),
+                                  args.source_cases, seed=0, dataset_name=SOURCE, **shape)
+    hand = make_phantom_dataset(work / "phantoms", ("hand",), ("T1", "T2"), 2, seed=7, n_test_cases=args.test_cases,
+                                dataset_name=HAND, **shape)
+    scratch = shutil.copytree(hand, work / "phantoms" / SCRATCH)
+    steps.append(("make phantoms", time.perf_counter() - started))
+    np_flag = ["-np", str(args.processes)]
+
+    _command(steps, work, "plan_and_preprocess", ["-d", str(source), "--binary", *np_flag, "--plan-only"], env)
+    if args.quick:
+        _set_model(work / "preprocessed" / SOURCE, dict(load_plan(work / "preprocessed" / SOURCE).model, **QUICK_MODEL))
+    _command(steps, work, "plan_and_preprocess", ["-d", str(source), "--binary", *np_flag], env)
+    _command(steps, work, "train", ["-d", str(source), "-f", "0", "--stage", "2d", "--budget-minutes",
+                                    f"{args.source_minutes:g}", "-nw", "1"], env)
+
+    _command(steps, work, "finetune", ["-d", str(hand), "--from", str(source), "--cases", "2", "--budget-minutes",
+                                       f"{args.finetune_minutes:g}", "-nw", "1", *np_flag], env)
+    source_model = load_plan(work / "preprocessed" / HAND).model
+    _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag, "--plan-only"], env)
+    _set_model(work / "preprocessed" / SCRATCH, source_model)
+    _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag], env)
+    shutil.copyfile(work / "preprocessed" / HAND / "splits_final.json", work / "preprocessed" / SCRATCH / "splits_final.json")
+    _command(steps, work, "train", ["-d", str(scratch), "-f", "0", "--stage", "2d", "--budget-minutes",
+                                    f"{args.finetune_minutes:g}", "-nw", "1"], env)
+
+    references = _bone_references(hand / "labelsTs", work / "references")
+    rows, per_case = [], []
+    for name, dataset in (("fine-tuned", hand), ("from scratch", scratch)):
+        out = work / "predictions" / name.replace(" ", "_")
+        _command(steps, work, "predict", ["-i", str(hand / "imagesTs"), "-o", str(out), "-d", str(dataset),
+                                          "--mode", "2d"], env)
+        result = evaluate_folder(references, out, labels={"bone": 1})
+        table = result.per_case
+        rows.append({"model": name, "dice": table["dice"].mean(), "hd95_mm": table["hd95_mm"].mean(),
+                     "dice_min": table["dice"].min(), "epochs": _epochs(work / "results" / dataset.name)})
+        per_case.append(table.set_index("case")["dice"].rename(f"dice {name}"))
+    summary = pd.DataFrame(rows)
+    difference = summary.iloc[0][["dice", "hd95_mm", "dice_min"]] - summary.iloc[1][["dice", "hd95_mm", "dice_min"]]
+    summary.loc[len(summary)] = {"model": "difference", **difference.to_dict(), "epochs": ""}
+    _report(args, summary, pd.concat(per_case, axis=1), steps, load_before, work)
+
+
+def _command(steps: list, work: Path, module: str, argv: list[str], env: dict) -> None:
+    """Run the console command `sab_<module>`, its output into logs/; stop on failure."""
+    console = f"sab_{module}"
+    beside = Path(sys.executable).parent / console
+    program = str(beside) if beside.is_file() else shutil.which(console)
+    if program is None:
+        raise SystemExit(f"{console} is not installed: pip install -e . from the repository root")
+    text = f"{console} {shlex.join(argv)}"
+    print(f"$ {text}", flush=True)
+    log = work / "logs" / f"{len(steps):02d}_{module}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.call([program, *argv], stdout=out,
+                               stderr=subprocess.STDOUT, env=env)
+    steps.append((text, time.perf_counter() - started))
+    if code != 0:
+        raise SystemExit(f"{console} failed (exit {code}); its output: {log}\n" + log.read_text()[-2000:])
+
+
+def _set_model(preprocessed: Path, model: dict) -> None:
+    """Give a plan another model architecture (a variant and image size), keeping its own outputs and
+    depth-volume settings."""
+    plan = load_plan(preprocessed)
+    own = {k: plan.model[k] for k in OWN_SETTINGS}
+    plan.model = ModelConfig.from_dict(dict(model, **own)).to_dict()
+    save_plan(plan, preprocessed)
+
+
+def _bone_references(labels_dir: Path, out: Path) -> Path:
+    """The held-out label maps with every bone merged into label 1, on their own grids."""
+    for path in sorted(labels_dir.glob("*.nii.gz")):
+        labels, geometry = read_image(path)
+        write_image((labels > 0).astype(np.uint8), geometry, out / path.name)
+    return out
+
+
+def _epochs(dataset_results: Path) -> str:
+    meta = json.loads(next(dataset_results.glob("*/fold_0/checkpoint_final/metadata.json")).read_text())
+    history = [r for r in meta["history"] if r["phase"] == "2d"]
+    iterations = (meta["overrides"].get("phase_iterations") or {}).get("2d", "?")
+    return f"{len(history)} x {iterations} it"
+
+
+def _report(args, summary: pd.DataFrame, per_case: pd.DataFrame, steps: list, load_before, work: Path) -> None:
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
+        print("\nheld-out hand phantoms (bone, 2D mode), mean over cases:")
+        print(summary.to_string(index=False))
+        print("\nper case Dice:")
+        print(per_case.to_string())
+    print("\nsteps (wall seconds):")
+    for text, seconds in steps:
+        print(f"  {seconds:7.1f}  {text}")
+    print(f"\n{datetime.datetime.now().isoformat(timespec='minutes')}  {platform.node()}  {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, {'quick run' if args.quick else 'full run'}; "
+          f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; work folder {work}")
+
+
+if __name__ == "__main__":
+    main()
