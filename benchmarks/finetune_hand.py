@@ -45,7 +45,8 @@ from sabnet.phantoms.cohort import make_phantom_dataset
 from sabnet.planning.plans import load_plan, save_plan
 
 SOURCE, HAND, SCRATCH = "Dataset981_KneeSpineHip", "Dataset982_HandFinetune", "Dataset983_HandScratch"
-OWN_SETTINGS = ("in_channels", "n_outputs", "output_mode", "n_labels", "depth_volume_shape", "depth_neighbourhood_slices")
+OWN_SETTINGS = ("in_channels", "n_outputs", "output_mode", "n_labels", "depth_volume_shape",
+                "depth_neighbourhood_slices")
 QUICK_MODEL = dict(image_size=64, encoder_depth=2, encoder_global_attn_indexes=[1], depth_channels=[4, 8])
 
 
@@ -100,7 +101,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag, "--plan-only"], env)
     _set_model(work / "preprocessed" / SCRATCH, source_model)
     _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag], env)
-    shutil.copyfile(work / "preprocessed" / HAND / "splits_final.json", work / "preprocessed" / SCRATCH / "splits_final.json")
+    shutil.copyfile(work / "preprocessed" / HAND / "splits_final.json",
+                    work / "preprocessed" / SCRATCH / "splits_final.json")
+    print(f"# copied {HAND}'s splits_final.json (the 2 training cases sab_finetune chose) to {SCRATCH}")
     _command(steps, work, "train", ["-d", str(scratch), "-f", "0", "--stage", "2d", "--budget-minutes",
                                     f"{args.finetune_minutes:g}", "-nw", "1"], env)
 
@@ -148,6 +151,7 @@ def _set_model(preprocessed: Path, model: dict) -> None:
     own = {k: plan.model[k] for k in OWN_SETTINGS}
     plan.model = ModelConfig.from_dict(dict(model, **own)).to_dict()
     save_plan(plan, preprocessed)
+    print(f"# edited {preprocessed / 'plans.json'}: model {plan.model['variant']} at {plan.model['image_size']} px")
 
 
 def _bone_references(labels_dir: Path, out: Path) -> Path:
@@ -174,7 +178,8 @@ def _report(args, summary: pd.DataFrame, per_case: pd.DataFrame, steps: list, lo
     print("\nsteps (wall seconds):")
     for text, seconds in steps:
         print(f"  {seconds:7.1f}  {text}")
-    print(f"\n{datetime.datetime.now().isoformat(timespec='minutes')}  {platform.node()}  {platform.processor() or platform.machine()}, "
+    machine = f"{platform.node()}  {platform.processor() or platform.machine()}"
+    print(f"\n{datetime.datetime.now().isoformat(timespec='minutes')}  {machine}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, {'quick run' if args.quick else 'full run'}; "
           f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; work folder {work}")
 

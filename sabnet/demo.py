@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import ndimage
 
 from sabnet.dataset.raw_dataset import RawDataset
+from sabnet.errors import SabnetError
 from sabnet.io.atomic import atomic_path, write_json
 from sabnet.io.image_io import read_image
 
@@ -49,10 +50,13 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def demo_prompts(label_file: Path, slice_axis: int) -> list[dict]:
-    """One positive point (IJK) at the deepest pixel of each labelled structure on every
-    PROMPT_EVERY-th slice along the slice axis: what a user clicking once per bone would give."""
-    labels, _ = read_image(label_file)
+def demo_prompts(label_file: Path, slice_axis: int, label_mapping: dict[str, int]) -> list[dict]:
+    """One positive point (IJK) at the deepest pixel of each labelled structure (in the plan's
+    output labels) on every PROMPT_EVERY-th slice along the slice axis: what a user clicking once
+    per bone would give."""
+    from sabnet.preprocessing.case_preprocessing import map_labels
+
+    labels = map_labels(read_image(label_file)[0], label_mapping)
     prompts = []
     for index in range(0, labels.shape[slice_axis], PROMPT_EVERY):
         plane = np.take(labels, index, axis=slice_axis)
@@ -130,7 +134,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
 
             image, geometry = read_image(case.sources[0])
             axis = preprocess_for_prediction([image], geometry, plan).properties["slice_frame"]["axes"][0]
-            prompts[case.case_id] = {"coordinates": "ijk", "prompts": demo_prompts(raw / "labelsTs" / f"{case.case_id}.nii.gz", axis)}
+            prompts[case.case_id] = {"coordinates": "ijk", "prompts": demo_prompts(raw / "labelsTs" / f"{case.case_id}.nii.gz", axis,
+                                                                     plan.label_mapping)}
         write_json(prompts_file, prompts)
     prompts = read_prompts_file(prompts_file)
     rows, folders = [], {}
@@ -140,8 +145,10 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         plan_, models, _ = load_ensemble(folder, [0], "final", settings.device, mode)
         predictor = EnsemblePredictor(models, settings.device, max(plan_.training.batch_size, 4))
         target = out / "predictions" / name
-        predict_cohort(cases, plan_, predictor, PredictionSettings(target, mode, prompts if prompted else None,
-                                                                   qc=(name == "3d_automatic")))
+        report = predict_cohort(cases, plan_, predictor, PredictionSettings(target, mode, prompts if prompted else None,
+                                                                            qc=(name == "3d_automatic")))
+        if report.failed:
+            raise SabnetError(f"demo: {name} prediction failed for {report.failed[0][0]}: {report.failed[0][1]}")
         result = evaluate_folder(raw / "labelsTs", target, plan_.labels, metadata)
         write(result, target)
         folders[name] = target

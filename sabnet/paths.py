@@ -105,7 +105,7 @@ def _raw_dir_of(name: str, roots: Roots) -> Path:
         return candidate
     recorded = roots.preprocessed / name / "raw_location.txt"
     if recorded.is_file():
-        return Path(recorded.read_text().strip())
+        return Path(recorded.read_text(encoding="utf-8").strip())
     if (roots.preprocessed / name).is_dir() or (roots.results / name).is_dir():
         return candidate
     raise SabnetError(f"dataset {name} not found: no {candidate}/dataset.json; give its path, or set SABNET_RAW")

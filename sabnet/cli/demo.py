@@ -48,3 +48,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     return run_command(_run, _parser(), argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes for verifying, fingerprinting and preprocessing NEW (default 1)")
     p.add_argument("-nw", "--num-workers", dest="n_workers", type=int, default=2,
                    help="data augmentation worker processes (0: in-process; default 2)")
-    p.add_argument("--replan", action="store_true", help="replace a plans.json NEW already has (kept as plans.json.bak)")
+    p.add_argument("--replan", action="store_true",
+                   help="replace a plans.json NEW already has (kept as plans.json.bak)")
     p.add_argument("--no-validation", dest="final_validation", action="store_false",
                    help="skip predicting the validation cases at the end")
     return p

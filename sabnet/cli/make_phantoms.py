@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         in_plane_size=args.size, n_slices=args.slices, permute_axes=not args.no_permute, dataset_name=args.name,
         n_workers=args.workers, progress=True,
     )
-    cases = json.loads((dataset / "phantom_truth.json").read_text())["cases"]
+    cases = json.loads((dataset / "phantom_truth.json").read_text(encoding="utf-8"))["cases"]
     training = sum(1 for e in cases.values() if e["split"] == "train")
     print(f"wrote {dataset}")
     print(f"{len(cases)} volumes ({training} training, {len(cases) - training} test); locations: "

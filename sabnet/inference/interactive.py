@@ -23,6 +23,7 @@ from sabnet.inference.prompt_coordinates import array_index_to_preprocessed, lab
 from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import read_image
 from sabnet.model.case_predictor import EnsemblePredictor, case_tiles
+from sabnet.model.detail_branch import ImageEmbeddings
 from sabnet.model.slice_prompts import SlicePrompt
 from sabnet.planning.plans import Plan
 from sabnet.preprocessing.inverse import probabilities_to_original, slice_probabilities_to_original
@@ -150,7 +151,7 @@ class InteractiveSession:
                     entry = ([batch[i] for i in idx], embeddings[idx], None if attention is None else attention[idx])
                     if (s, m) in self._cache:  # a slice whose tiles straddle two batches
                         old = self._cache[(s, m)]
-                        entry = (old[0] + entry[0], torch.cat([old[1], entry[1]]),
+                        entry = (old[0] + entry[0], ImageEmbeddings.cat([old[1], entry[1]]),
                                  None if attention is None else torch.cat([old[2], entry[2]]))
                     self._cache[(s, m)] = entry
 

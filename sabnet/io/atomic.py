@@ -50,7 +50,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 def write_json(path: Path | str, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def read_json(path: Path | str) -> Any:
@@ -59,7 +59,7 @@ def read_json(path: Path | str) -> Any:
 
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SabnetError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:

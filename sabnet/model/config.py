@@ -74,6 +74,8 @@ class ModelConfig:
     adapter_ratio: adapter bottleneck width as a fraction of the block width (D -> ratio*D -> D).
     adapter_scale: weight of the adapter parallel to each MLP.
     decoder_adapters: adapters in the mask decoder's two-way transformer blocks.
+    detail_channels: width of the detail branch, a small CNN that adds the image's fine structure
+        to the decoder at mask resolution (0: no branch, the decoder sees only the embedding).
     depth_volume_shape: (D, H, W) voxels of the low-resolution volume the depth net reads.
     depth_channels: feature channels per level of the 3D U-Net (its length is the number of levels).
     depth_threshold: probabilities below it are zeroed before building slice attention maps.
@@ -101,6 +103,7 @@ class ModelConfig:
     adapter_ratio: float = 0.25
     adapter_scale: float = 0.5
     decoder_adapters: bool = True
+    detail_channels: int = 16
     depth_volume_shape: list[int] = field(default_factory=lambda: [32, 64, 64])
     depth_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     depth_threshold: float = 0.5

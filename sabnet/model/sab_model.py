@@ -9,7 +9,7 @@ Input: slices (B, C_in, S, S), intensity-normalised by preprocessing (no pixel m
 here), each slice at the top-left and zero-padded bottom/right to S x S.
 
 Split use, as prediction does it:
-    emb = model.encode(images)                             # (B, E, g, g), g = S / p
+    emb = model.encode(images)                             # ImageEmbeddings: (B, E, g, g), g = S / p
     prob = model.depth_probabilities(low_res_volume)       # once per case: (1, 1, D, H, W)
     att = model.slice_attention(prob, positions, (h, w))   # (B, 1, h, w) for slices of h x w pixels
     logits = model.decode(emb, prompts, pad_to_input(att, S))  # (B, n_outputs, 4g, 4g)
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from sabnet.model.adapters import add_adapters, is_adapter_parameter
 from sabnet.model.checkpoint import CheckpointReport, load_sam_checkpoint
 from sabnet.model.config import ModelConfig
+from sabnet.model.detail_branch import DetailBranch, ImageEmbeddings
 from sabnet.model.depth_branch import DepthFusion, DepthNet, attention_to_grid, slice_attention_map
 from sabnet.model.prompts import Prompts
 
@@ -73,11 +74,13 @@ class SABModel(nn.Module):
         nn.init.zeros_(self.label_embed.weight)  # a fresh label changes nothing until trained
         self.depth_net = DepthNet(config.depth_channels, config.depth_volume_shape, grid)
         self.depth_fusion = DepthFusion(dim)
+        if config.detail_channels:
+            self.detail_branch = DetailBranch(config.patch_size, config.detail_channels, dim // 8)
         self.checkpoint_report: CheckpointReport | None = None  # set by build_model
 
     # ---- the split API ---------------------------------------------------------------------
-    def encode(self, images: Tensor) -> Tensor:
-        """Slices (B, C_in, S, S) -> image embeddings (B, E, g, g)."""
+    def encode(self, images: Tensor) -> ImageEmbeddings:
+        """Slices (B, C_in, S, S) -> image embeddings (B, E, g, g) and detail features (B, E/8, 4g, 4g)."""
         c, s = self.config.in_channels, self.config.image_size
         if images.dim() != 4 or images.shape[1] != c or tuple(images.shape[2:]) != (s, s):
             raise ValueError(f"images must be (B, {c}, {s}, {s}), got {tuple(images.shape)}; pad slices with pad_to_input")
@@ -85,7 +88,8 @@ class SABModel(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         elif c != 3:
             images = self.channel_mixer(images)
-        return self.image_encoder(images)
+        detail = self.detail_branch(images) if self.config.detail_channels else None
+        return ImageEmbeddings(self.image_encoder(images), detail)
 
     def depth_probabilities(self, volume: Tensor) -> Tensor:
         """Low-resolution volume(s) (N, 1, D, H, W) -> bone probabilities, same shape. Once per case."""
@@ -97,15 +101,19 @@ class SABModel(nn.Module):
         return slice_attention_map(prob_volume, slice_positions, out_hw, self.config.depth_threshold,
                                    self.config.depth_neighbourhood_slices)
 
-    def decode(self, embeddings: Tensor, prompts: Prompts | None = None, attention: Tensor | None = None,
-               label: Tensor | None = None) -> Tensor:
-        """Embeddings (B, E, g, g) -> logits (B, n_outputs, 4g, 4g).
+    def decode(self, embeddings: ImageEmbeddings | Tensor, prompts: Prompts | None = None,
+               attention: Tensor | None = None, label: Tensor | None = None) -> Tensor:
+        """Embeddings (from `encode`; a bare (B, E, g, g) tensor means no detail features) -> logits
+        (B, n_outputs, 4g, 4g).
 
         prompts: None for automatic mode; `label` (B,) then says which label is asked for (default 0,
             all). With prompts, their own `label` is used.
         attention: padded depth-attention maps (B, 1, S, S) (or already on the grid, (B, 1, g, g));
             None is 2D mode.
         """
+        if isinstance(embeddings, Tensor):
+            embeddings = ImageEmbeddings(embeddings)
+        detail, embeddings = embeddings.detail, embeddings.embedding
         batch = embeddings.shape[0]
         if prompts is None:
             label = torch.zeros(batch, dtype=torch.long) if label is None else label
@@ -117,7 +125,7 @@ class SABModel(nn.Module):
         if attention is not None:
             embeddings = self.depth_fusion(embeddings, attention_to_grid(attention, self.config.grid_size))
         sparse, dense = self._embed_prompts(prompts, embeddings.dtype)
-        return self._predict_masks(embeddings, sparse, dense)
+        return self._predict_masks(embeddings, sparse, dense, detail)
 
     def forward(self, images: Tensor, prompts: Prompts | None = None, attention: Tensor | None = None,
                 output_size: tuple[int, int] | None = None) -> Tensor:
@@ -175,7 +183,7 @@ class SABModel(nn.Module):
         real = code + label + torch.where(kind == 1, enc.point_embeddings[1].weight, enc.point_embeddings[0].weight)
         return torch.where(kind >= 0, real, enc.not_a_point_embed.weight)
 
-    def _predict_masks(self, embeddings: Tensor, sparse: Tensor, dense: Tensor) -> Tensor:
+    def _predict_masks(self, embeddings: Tensor, sparse: Tensor, dense: Tensor, detail: Tensor | None = None) -> Tensor:
         """SAM's mask prediction, batched over images (SAM's own repeats one image per prompt):
         all mask tokens are used, one per output channel."""
         dec = self.mask_decoder
@@ -186,6 +194,8 @@ class SABModel(nn.Module):
         hs, src = dec.transformer(embeddings + dense, image_pe, tokens)
         mask_tokens = hs[:, 1: 1 + dec.num_mask_tokens]
         upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(batch, dim, grid, grid))
+        if detail is not None:
+            upscaled = upscaled + detail
         weights = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
         return torch.einsum("bnc,bchw->bnhw", weights, upscaled)
 

@@ -9,8 +9,9 @@
                                spacing, geometry, side, scale, anatomy parameters, bones shown;
                                "pairs": the rigid motion between the two scans of a paired subject
 
-Subject i (cases first, then test cases) shows LOCATIONS[i % n_locations] in
-sequences[(i // n_locations) % n_sequences]; everything else is drawn from generators seeded
+Subject i (cases first, then test cases) shows LOCATIONS[i % n_locations]; a training subject is
+scanned in sequences[(i // n_locations) % n_sequences], the j-th test subject in
+sequences[(j + j // n_locations) % n_sequences]; everything else is drawn from generators seeded
 with (seed, i, ...), so a seed gives byte-identical arrays however many workers write them.
 """
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _jobs(root, locations, sequences, n_cases, n_test_cases, paired, seed, plane
     jobs = []
     for index in range(n_cases + n_test_cases):
         location = locations[index % len(locations)]
-        k = (index // len(locations)) % len(sequences)
+        k = _sequence_index(index, n_cases, len(locations), len(sequences))
         base = f"phantom_{index:03d}"
         if paired:
             case_ids, seqs = (f"{base}_1", f"{base}_2"), (sequences[k], sequences[(k + 1) % len(sequences)])
@@ -138,6 +139,16 @@ def _jobs(root, locations, sequences, n_cases, n_test_cases, paired, seed, plane
                          tuple(in_plane_spacing_mm), tuple(slice_spacing_mm), in_plane_size, n_slices, permute_axes,
                          ids, root))
     return jobs
+
+
+def _sequence_index(index: int, n_cases: int, n_locations: int, n_sequences: int) -> int:
+    """Training subjects see every location in one sequence before the next sequence; held-out
+    subjects step through sequences as they step through locations, so even a few of them cover
+    several sequences."""
+    if index < n_cases:
+        return (index // n_locations) % n_sequences
+    j = index - n_cases
+    return (j + j // n_locations) % n_sequences
 
 
 @dataclass

@@ -51,7 +51,7 @@ def plan_and_preprocess(ref: DatasetRef, options: PlanningOptions, n_workers: in
     folder.mkdir(parents=True, exist_ok=True)
     if ref.raw_dir.resolve() != (ref.roots.raw / ref.name).resolve():
         with atomic_path(folder / "raw_location.txt") as tmp:
-            tmp.write_text(str(ref.raw_dir.resolve()) + "\n")
+            tmp.write_text(str(ref.raw_dir.resolve()) + "\n", encoding="utf-8")
 
     report = None
     if verify:

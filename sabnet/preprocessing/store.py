@@ -48,7 +48,7 @@ class PreprocessedStore:
     def stamp(self, case_id: str) -> str | None:
         path = self.case_dir(case_id) / "properties.json"
         try:
-            return json.loads(path.read_text()).get("stamp")
+            return json.loads(path.read_text(encoding="utf-8")).get("stamp")
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -66,7 +66,7 @@ class PreprocessedStore:
                 np.save(tmp / "depth_labels.npy", np.ascontiguousarray(case.depth_labels))
                 np.savez(tmp / "foreground.npz", **(foreground or {}))
             properties = dict(case.properties, case_id=case_id, stamp=stamp)
-            (tmp / "properties.json").write_text(json.dumps(properties, indent=1))
+            (tmp / "properties.json").write_text(json.dumps(properties, indent=1), encoding="utf-8")
             final = self.case_dir(case_id)
             if final.exists():
                 old = self.data / f".old-{uuid.uuid4().hex[:8]}-{case_id}"

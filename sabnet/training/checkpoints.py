@@ -55,7 +55,7 @@ def save_checkpoint(fold_dir: Path, kind: str, model: torch.nn.Module, plan: Pla
             torch.save(training_state, tmp / "training_state.pth")
         meta = dict(metadata, sabnet_version=__version__, plan_hash=plan.hash(), kind=kind,
                     model_config=module.config.to_dict())
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         old = None
         if final.exists():
             old = final.parent / f".old-{uuid.uuid4().hex[:8]}-{final.name}"
@@ -89,7 +89,7 @@ def read_metadata(fold_dir: Path, kind: str) -> dict:
     if not path.is_file():
         raise SabnetError(f"{path.parent}: no {kind} checkpoint; train this fold first (sab_train) "
                           f"or choose another with -chk")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_checkpoint(fold_dir: Path, kind: str, plan: Plan, device: str | torch.device = "cpu") -> tuple[SABModel, dict]:

@@ -48,7 +48,6 @@ from sabnet.planning.slicing import majority_plane, slicing_for
 from sabnet.preprocessing.preprocess_dataset import preprocess_dataset
 from sabnet.preprocessing.store import PreprocessedStore
 from sabnet.training.checkpoints import checkpoint_dir, load_checkpoint, read_metadata
-from sabnet.training.layout import results_folder
 from sabnet.training.run_training import FoldResult, InitialWeights, TrainingOptions, train
 from sabnet.training.splits import SPLITS_FILE, case_groups, load_or_create_splits
 from sabnet.version import __version__
@@ -116,10 +115,11 @@ def finetune_plan(source: Plan, fingerprint: dict, source_folder: Path) -> Plan:
         reasons["labels"] = (f"one output per declared label ({len(labels) - 1}) plus background; "
                              f"{len(shared)} of them ({', '.join(shared) or 'none'}) keep {source.dataset}'s output "
                              "head, the others start fresh")
-    ModelConfig.from_dict(model).validate()
+    ModelConfig.from_dict(model)  # refuses an inconsistent model with its reason
     t = source.training
-    training = replace(t, epochs=max(MIN_EPOCHS, round(t.epochs * EPOCH_FRACTION)), warmup_epochs=min(t.warmup_epochs, 1),
-                       stage2_epochs=max(MIN_EPOCHS, round(t.stage2_epochs * EPOCH_FRACTION)))
+    training = replace(t, epochs=max(MIN_EPOCHS, round(t.epochs * EPOCH_FRACTION)),
+                       stage2_epochs=max(MIN_EPOCHS, round(t.stage2_epochs * EPOCH_FRACTION)),
+                       warmup_epochs=min(t.warmup_epochs, 1))
     reasons["training"] = (f"fine-tuning: {EPOCH_FRACTION:g} of {source.dataset}'s epochs per phase (at least "
                            f"{MIN_EPOCHS}), its learning rate and batch size, one warm-up epoch")
     preprocessing = replace(source.preprocessing, majority_plane=majority, cases=slicings)
@@ -224,7 +224,8 @@ def finetune(ref: DatasetRef, source_folder: Path, options: FinetuneOptions, log
     trained = source_folds(source_folder)
     if not trained:
         raise SabnetError(f"{source_folder}: no fold of {source_plan.dataset} has finished training (no "
-                          f"checkpoint_final or checkpoint_final_2d); train it first: sab_train -d {source_plan.dataset} -f all")
+                          "checkpoint_final or checkpoint_final_2d); train it first: "
+                          f"sab_train -d {source_plan.dataset} -f all")
     folds = sorted(set(options.folds)) if options.folds else sorted(trained)
     untrained = [f for f in folds if f not in trained]
     if untrained:
@@ -235,12 +236,14 @@ def finetune(ref: DatasetRef, source_folder: Path, options: FinetuneOptions, log
                           f"or continue training with sab_train -d {ref.name} --continue")
     dataset = _raw_dataset(ref)
     if dataset.n_channels != len(source_plan.channel_names):
-        raise SabnetError(f"{ref.raw_dir / 'dataset.json'}: {dataset.n_channels} channel(s), but {source_plan.dataset}'s "
-                          f"model reads {len(source_plan.channel_names)} ({', '.join(source_plan.channel_names.values())});"
-                          " fine-tune from a model with as many channels, or give NEW those channels")
+        channels = ", ".join(source_plan.channel_names.values())
+        raise SabnetError(f"{ref.raw_dir / 'dataset.json'}: {dataset.n_channels} channel(s), but "
+                          f"{source_plan.dataset}'s model reads {len(source_plan.channel_names)} ({channels}); "
+                          "fine-tune from a model with as many channels, or give the new dataset those channels")
     n_available = len(dataset.case_ids())
     if options.n_cases is not None and not 1 <= options.n_cases <= n_available:
-        raise SabnetError(f"--cases {options.n_cases}: {ref.name} has {n_available} training cases; choose 1..{n_available}")
+        raise SabnetError(f"--cases {options.n_cases}: {ref.name} has {n_available} training cases; "
+                          f"choose 1..{n_available}")
     plan, reused, duplicates = _plan(ref, dataset, source_plan, source_folder, options, log)
     report = preprocess_dataset(dataset, plan, PreprocessedStore(ref.preprocessed_dir), options.n_processes)
     if report.failed:
@@ -281,12 +284,13 @@ def _plan(ref: DatasetRef, dataset: RawDataset, source_plan: Plan, source_folder
     folder.mkdir(parents=True, exist_ok=True)
     if ref.raw_dir.resolve() != (ref.roots.raw / ref.name).resolve():
         with atomic_path(folder / "raw_location.txt") as tmp:
-            tmp.write_text(str(ref.raw_dir.resolve()) + "\n")
+            tmp.write_text(str(ref.raw_dir.resolve()) + "\n", encoding="utf-8")
     report = verify_dataset(ref.raw_dir, n_workers=options.n_processes)
     if not report.ok:
         first = report.errors[0]
         raise SabnetError(f"{ref.raw_dir}: the dataset has {len(report.errors)} error(s), the first: "
-                          f"{first.file or ref.raw_dir}: {first.message}; sab_verify_dataset -d {ref.raw_dir} lists them")
+                          f"{first.file or ref.raw_dir}: {first.message}; sab_verify_dataset -d {ref.raw_dir} "
+                          "lists them")
     write_json(folder / "verification.json", report.to_dict())
     fingerprint, failed = extract_fingerprint(dataset, options.n_processes, previous=load_fingerprint(folder))
     if failed:

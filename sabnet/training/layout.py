@@ -62,6 +62,6 @@ def prepare_results_folder(ref: DatasetRef, plan: Plan) -> Path:
 
 def _plan_hash_of(metadata_file: Path) -> str | None:
     try:
-        return json.loads(metadata_file.read_text()).get("plan_hash")
+        return json.loads(metadata_file.read_text(encoding="utf-8")).get("plan_hash")
     except (OSError, json.JSONDecodeError):
         return None

@@ -47,7 +47,7 @@ class ProgressLog:
         if not self.enabled:
             return
         self.fold_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as f:
+        with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {text}\n")
         if self.echo is not None:
             self.echo(text)

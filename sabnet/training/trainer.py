@@ -132,15 +132,24 @@ class EpochLoop:
         self.progress.line(f"phase {self.phase.name}: {t:.2f} s per iteration; {iterations} iterations per epoch "
                            f"to fit the budget of {self.budget_s / 60:.1f} min")
 
-    def _fit_budget_epochs(self, epoch_time_s: float, scheduler) -> None:
-        """Under a time budget, after the first epoch (validation included): as many epochs as the
-        budget holds, at least 2. Recorded in run_info so checkpoints and a resumed run use it."""
-        epoch_time_s = all_reduce_max(epoch_time_s, self.ctx)
-        epochs = int(max(2, min(MAX_BUDGET_EPOCHS, self.budget_s // max(epoch_time_s, 1e-6))))
+    def _fit_budget_epochs(self, epoch: int, spent_s: float, scheduler) -> None:
+        """Under a time budget, after every epoch: the epochs that fit what is left of the budget at
+        the mean epoch time so far (validation included), so a machine that slows down or speeds up
+        mid-run still ends near the budget; at least 2 epochs. Recorded in run_info, so checkpoints
+        and a resumed run use the schedule as it stood."""
+        mean_s = all_reduce_max(spent_s / (epoch + 1), self.ctx)
+        left = max(0.0, self.budget_s - spent_s)
+        epochs = int(max(2 if epoch == 0 else epoch + 1, min(MAX_BUDGET_EPOCHS, epoch + 1 + left // max(mean_s, 1e-6))))
+        if epochs == self.schedule.epochs:
+            return
         self.run_info["overrides"].setdefault("phase_epochs", {})[self.phase.name] = epochs
         self._reschedule(scheduler, epochs=epochs)
-        self.progress.line(f"phase {self.phase.name}: first epoch took {epoch_time_s:.1f} s; the budget of "
-                           f"{self.budget_s / 60:.1f} min holds {epochs} epochs")
+        if epoch == 0:
+            self.progress.line(f"phase {self.phase.name}: first epoch took {mean_s:.1f} s; the budget of "
+                               f"{self.budget_s / 60:.1f} min holds {epochs} epochs")
+        else:
+            self.progress.line(f"phase {self.phase.name}: epochs now take {mean_s:.1f} s on average; "
+                               f"{epochs} epochs fit the budget")
 
     def _reschedule(self, scheduler, **changes) -> None:
         """Change the phase's schedule mid-run; the scheduler's warm-up and decay follow it."""
@@ -189,8 +198,9 @@ class EpochLoop:
         scores = self.phase.validate(self.model)
         improved = self._smooth(scores)
         epoch_time = time.perf_counter() - start
-        if epoch == 0 and self._budget_pending("phase_epochs"):
-            self._fit_budget_epochs(epoch_time, scheduler)
+        if self.budget_s is not None:
+            spent = epoch_time + sum(r["epoch_time_s"] for r in self.history if r["phase"] == name)
+            self._fit_budget_epochs(epoch, spent, scheduler)
         schedule = self.schedule
         record = {
             "fold": self.run_info["fold"], "phase": name, "epoch": epoch, "n_epochs": schedule.epochs, "lr": lr,

@@ -35,7 +35,8 @@ def test_forward_shapes_on_cpu(variant, size):
         embeddings = model.encode(torch.randn(1, 1, size, size))
         logits = model.decode(embeddings)
         full = model.upsample_logits(logits, (size - 30, size - 7))
-    assert embeddings.shape == (1, config.prompt_embed_dim, grid, grid)
+    assert embeddings.embedding.shape == (1, config.prompt_embed_dim, grid, grid)
+    assert embeddings.detail.shape == (1, config.prompt_embed_dim // 8, 4 * grid, 4 * grid)
     assert logits.shape == (1, 3, 4 * grid, 4 * grid)
     assert full.shape == (1, 3, size - 30, size - 7)
     assert torch.isfinite(full).all()
@@ -60,7 +61,8 @@ def test_sam_variant_shapes_at_256_512_1024_on_meta_tensors(variant, forward_siz
             with torch.device("meta"):
                 embeddings = model.encode(torch.empty(2, 1, size, size))
                 logits = model.decode(embeddings)
-            assert embeddings.shape == (2, 256, grid, grid)
+            assert embeddings.embedding.shape == (2, 256, grid, grid)
+            assert embeddings.detail.shape == (2, 32, 4 * grid, 4 * grid)
             assert logits.shape == (2, 2, 4 * grid, 4 * grid)
 
 

@@ -31,7 +31,7 @@ def test_checkpoint_files_metadata_and_checks(capsys):
     t = plan.training
     assert meta["schedule"] == {"epochs": 2, "iterations_per_epoch": 2, "batch_size": t.batch_size,
                                 "initial_lr": t.initial_lr, "weight_decay": t.weight_decay, "warmup_epochs": 1}
-    assert meta["overrides"] == {"epochs": 2, "iterations_per_epoch": 2}
+    assert meta["overrides"] == {"epochs": 2, "iterations_per_epoch": 2, "budget_minutes": None}
     assert set(meta["pseudo_dice"]) == {n for n in plan.labels if n != "background"}
     assert isinstance(meta["ema_dice"], float) and meta["epoch_time_s"] > 0 and len(meta["history"]) == 2
     assert ModelConfig.from_dict(meta["model_config"]) == ModelConfig.from_dict(plan.model)

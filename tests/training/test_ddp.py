@@ -19,7 +19,7 @@ def test_two_gloo_processes_train_one_fold(tmp_path):
             "--device", "cpu", "--no-validation"]
     process = run_sab_train(args, tmp_path / "torchrun.log", torchrun_processes=2)
     output = tmp_path / "torchrun.log"
-    assert process.wait(timeout=400) == 0, output.read_text()[-3000:]
+    assert process.wait(timeout=400) == 0, output.read_text(encoding="utf-8", errors="replace")[-3000:]
 
     fold = ref.results_dir / plan_name(plan) / "fold_0"
     model, meta = load_checkpoint(fold, "final", plan)
@@ -29,9 +29,9 @@ def test_two_gloo_processes_train_one_fold(tmp_path):
     assert meta["weight_digests"][0] == weights_digest(model)
     # each epoch was validated on both processes' shares and logged once, by rank 0
     assert [r["epoch"] for r in meta["history"]] == [0, 1] and all(r["val_loss"] for r in meta["history"])
-    log = (fold / "training_log.txt").read_text()
+    log = (fold / "training_log.txt").read_text(encoding="utf-8")
     assert log.count("2d epoch 1/2:") == 1 and log.count("2d epoch 2/2:") == 1
-    printed = output.read_text()
+    printed = output.read_text(encoding="utf-8", errors="replace")
     assert printed.count("sabnet roots:") == 1 and printed.count("checkpoints in") == 1
     latest = json.loads((fold / "checkpoint_latest" / "metadata.json").read_text())
     assert latest["world_size"] == 2 and latest["epoch"] == 1

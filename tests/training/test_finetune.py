@@ -129,7 +129,8 @@ def test_initial_state_keeps_shared_heads_and_starts_new_labels_fresh(source, ro
     assert len(body) > 100 and all(torch.equal(state[k], d_state[k]) for k in body)
     j = d_labels.index(shared)
     for new_index, old_index in ((0, 0), (2, j)):  # background and the shared bone keep D's heads
-        assert torch.equal(state["mask_decoder.mask_tokens.weight"][new_index], d_state["mask_decoder.mask_tokens.weight"][old_index])
+        assert torch.equal(state["mask_decoder.mask_tokens.weight"][new_index],
+                           d_state["mask_decoder.mask_tokens.weight"][old_index])
         assert torch.equal(state["mask_decoder.iou_prediction_head.layers.2.weight"][new_index],
                            d_state["mask_decoder.iou_prediction_head.layers.2.weight"][old_index])
         for part in ("layers.0.weight", "layers.2.bias"):

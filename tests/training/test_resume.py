@@ -56,7 +56,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
     # resumed here (one thread, as the killed process had), and a run that is never stopped
     assert sab_train(args + ["--continue"]) == 0
-    assert f"continuing phase 2d at epoch {EPOCHS}/{EPOCHS}" in (fold / "training_log.txt").read_text()
+    assert f"continuing phase 2d at epoch {EPOCHS}/{EPOCHS}" in (fold / "training_log.txt").read_text(encoding="utf-8")
     reference_roots = Roots(ref.roots.raw, ref.roots.preprocessed, tmp_path / "reference_results")
     [reference] = train(resolve_dataset(str(raw), reference_roots), 2,
                         TrainingOptions(stage="2d", epochs=EPOCHS, iterations_per_epoch=ITERATIONS, n_workers=0,
