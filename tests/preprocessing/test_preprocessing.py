@@ -137,7 +137,7 @@ def test_a_killed_run_leaves_no_half_case_and_recovers(tmp_path):
     assert len(complete) < 6
     for case_id in complete:  # whatever looks complete is complete
         assert np.asarray(store.image(case_id)).shape[0] == store.properties(case_id)["shape"][0]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"{6 - len(complete)} written, {len(complete)} already up to date" in result.stdout
     assert len(store.case_ids()) == 6

@@ -1,0 +1,59 @@
+"""sab_find_best_configuration: modes and postprocessing chosen on cross-validation predictions."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model_folder_fixture import make_model_folder, use_roots
+from sabnet.cli.find_best_configuration import main as find_best_main
+from sabnet.inference.postprocessing import load_postprocessing
+from sabnet.io.image_io import read_image, write_image
+from sabnet.planning.plans import load_plan
+from sabnet.preprocessing.case_preprocessing import map_labels
+
+
+@pytest.fixture
+def folder_with_cv_predictions(tmp_path, monkeypatch):
+    """Two folds whose validation predictions are the references with defects: in 2D mode a
+    spurious island of femur far from the bone, in 3D mode the same plus a missing slab of tibia."""
+    raw, folder = make_model_folder(tmp_path, dataset_name="Dataset962_Best")
+    use_roots(monkeypatch, tmp_path / "home")
+    plan = load_plan(folder)
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").iterdir())
+    for n, case_id in enumerate(cases):
+        labels, geometry = read_image(raw / "labelsTr" / f"{case_id}.nii.gz")
+        reference = map_labels(labels, plan.label_mapping)
+        island = reference.copy()
+        island[:3, :10, :10] = plan.labels["femur"]  # a false island in a corner
+        worse = island.copy()
+        worse[worse == plan.labels["tibia"]] = 0 if n % 2 else plan.labels["tibia"]
+        fold = folder / f"fold_{n % 2}" / "validation"
+        write_image(worse, geometry, fold / f"{case_id}.nii.gz")       # final mode: 3d
+        write_image(island, geometry, fold / "2d" / f"{case_id}.nii.gz")
+        modes = pd.DataFrame({"mode": ["2d", "3d"], "label": ["foreground mean"] * 2, "dice": [0, 0]})
+        modes.to_csv(fold / "modes.csv", index=False)
+    return raw, folder, plan
+
+
+def test_the_better_mode_and_useful_postprocessing_are_chosen(folder_with_cv_predictions, capsys):
+    raw, folder, plan = folder_with_cv_predictions
+    assert find_best_main(["-d", str(raw)]) == 0
+    out = capsys.readouterr().out
+    best = json.loads((folder / "best_configuration.json").read_text())
+    assert best["mode"] == "2d"
+    assert best["mean_dice_by_mode"]["2d"] > best["mean_dice_by_mode"]["3d"]
+    rules = load_postprocessing(folder)
+    femur = rules.labels[plan.labels["femur"]]
+    assert femur.keep_largest_component or femur.min_island_mm3 > 0  # the island goes
+    assert best["mean_dice_after_postprocessing"] > best["mean_dice_by_mode"]["2d"]
+    assert f"--mode 2d" in best["command"] and best["command"] in out
+    table = pd.read_csv(folder / "configurations.csv", index_col=0)
+    assert {"2d", "3d"} <= set(table.index) and "foreground mean" in table.columns
+
+
+def test_no_cross_validation_predictions_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    raw, folder = make_model_folder(tmp_path, n_folds=1, dataset_name="Dataset963_Empty")
+    use_roots(monkeypatch, tmp_path / "home")
+    assert find_best_main(["-d", str(raw)]) == 1
+    assert "no cross-validation predictions" in capsys.readouterr().err
