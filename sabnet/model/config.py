@@ -103,7 +103,7 @@ class ModelConfig:
     adapter_ratio: float = 0.25
     adapter_scale: float = 0.5
     decoder_adapters: bool = True
-    detail_channels: int = 16
+    detail_channels: int = 8
     depth_volume_shape: list[int] = field(default_factory=lambda: [32, 64, 64])
     depth_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     depth_threshold: float = 0.5

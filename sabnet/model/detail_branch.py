@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 @dataclass
@@ -40,24 +41,53 @@ class ImageEmbeddings:
         return ImageEmbeddings(torch.cat([p.embedding for p in parts]), detail)
 
 
+def _conv_block(in_channels: int, out_channels: int, stride: int = 1, n_convs: int = 2) -> nn.Sequential:
+    """n_convs x (3x3 convolution, LayerNorm2d, GELU); the first one has the given stride."""
+    layers: list[nn.Module] = []
+    for i in range(n_convs):
+        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3,
+                             stride=stride if i == 0 else 1, padding=1), LayerNorm2d(out_channels), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
 class DetailBranch(nn.Module):
     """Image (B, 3, S, S) -> features (B, out_channels, S/f, S/f), f = patch_size / 4 (the mask
-    resolution): stride-2 3x3 convolutions down to it, then a 3x3 and a zero-initialised 1x1."""
+    resolution).
+
+    A small U-Net: stride-2 blocks from S/2 down to the token grid S/patch_size (widths w, 2w, 4w,
+    4w, ...), then upsampling blocks with skip connections back to the mask resolution, so each
+    output pixel sees about the patch-sized neighbourhood around it at full resolution plus a wide
+    context. A zero-initialised 1x1 projection ends it: a model loaded from a pretrained SAM starts
+    out exactly as SAM.
+    """
 
     def __init__(self, patch_size: int, width: int, out_channels: int) -> None:
         super().__init__()
-        steps = int(math.log2(max(1, patch_size // 4)))
-        layers: list[nn.Module] = []
+        n_down = int(math.log2(patch_size))  # S -> S/patch_size
+        self.n_up = n_down - int(math.log2(max(1, patch_size // 4)))  # back to S/(patch_size/4)
+        widths = [width * min(2 ** i, 4) for i in range(n_down)]
+        self.down = nn.ModuleList()
         channels = 3
-        for step in range(steps):
-            out = width if step == steps - 1 else max(8, width // 2)
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), LayerNorm2d(out), nn.GELU()]
-            channels = out
-        layers += [nn.Conv2d(channels, width, 3, padding=1), LayerNorm2d(width), nn.GELU()]
-        self.features = nn.Sequential(*layers)
-        self.project = nn.Conv2d(width, out_channels, 1)
+        for level, w in enumerate(widths):  # one convolution at S/2, where pixels are many
+            self.down.append(_conv_block(channels, w, stride=2, n_convs=1 if level == 0 else 2))
+            channels = w
+        self.up = nn.ModuleList()
+        for level in range(self.n_up):
+            skip = widths[n_down - 2 - level]
+            self.up.append(_conv_block(channels + skip, skip))
+            channels = skip
+        self.project = nn.Conv2d(channels, out_channels, 1)
         nn.init.zeros_(self.project.weight)
         nn.init.zeros_(self.project.bias)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.project(self.features(images))
+        features = []
+        x = images
+        for block in self.down:
+            x = block(x)
+            features.append(x)
+        for level, block in enumerate(self.up):
+            skip = features[len(features) - 2 - level]
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.project(x)
