@@ -16,6 +16,7 @@ from sabnet.cli.common import run_command
 from sabnet.dataset.raw_dataset import RawDataset
 from sabnet.evaluation.evaluate import EvaluationResult, evaluate_folder, list_cases, write
 from sabnet.paths import resolve_dataset
+from sabnet.planning.plans import load_plan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,15 +35,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    labels, metadata = None, None
+    labels, metadata, mapping = None, None, None
     if args.dataset is not None:
         ref = resolve_dataset(args.dataset)
         dataset = RawDataset.load(ref.raw_dir)
         labels = dataset.foreground_labels
         metadata = {case: dataset.metadata(case) for case in list_cases(args.reference)}
         print(f"labels and case metadata from {ref.raw_dir / 'dataset.json'}")
+        if (ref.preprocessed_dir / "plans.json").is_file():  # sabnet predicts the plan's output labels
+            plan = load_plan(ref.preprocessed_dir)
+            labels, mapping = {k: v for k, v in plan.labels.items() if v != 0}, plan.label_mapping
+            print(f"output labels {', '.join(labels)} and the reference mapping from {ref.preprocessed_dir / 'plans.json'}")
     print(f"evaluating {args.prediction} against {args.reference}")
-    result = evaluate_folder(args.reference, args.prediction, labels, metadata, args.n_workers, args.allow_missing)
+    result = evaluate_folder(args.reference, args.prediction, labels, metadata, args.n_workers, args.allow_missing,
+                             reference_mapping=mapping)
     csv_path, json_path = write(result, args.output or args.prediction)
     _print_means(result)
     if result.missing_cases:

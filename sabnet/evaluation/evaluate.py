@@ -26,6 +26,7 @@ from sabnet.io.atomic import atomic_path, read_json, write_json
 from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import IMAGE_EXTENSIONS, image_extension, read_geometry, read_image, strip_extension
 from sabnet.parallel import map_cases
+from sabnet.preprocessing.case_preprocessing import map_labels
 
 PER_CASE_COLUMNS = ["case", "label", "label_value", "dice", "iou", "hd95_mm", "asd_mm", "sequence", "location",
                     "n_ref_voxels", "n_pred_voxels"]
@@ -193,10 +194,12 @@ def list_cases(folder: Path | str) -> dict[str, Path]:
 
 def evaluate_folder(reference_dir: Path | str, prediction_dir: Path | str, labels: Mapping[str, int] | None = None,
                     case_metadata: Mapping[str, Mapping[str, str]] | None = None, n_workers: int = 1,
-                    allow_missing: bool = False) -> EvaluationResult:
+                    allow_missing: bool = False, reference_mapping: Mapping[str, int] | None = None) -> EvaluationResult:
     """Evaluate every reference label file against the prediction of the same case id.
 
     labels: {name: value}; None evaluates every non-zero value found (named label_<value>).
+    reference_mapping: {raw value: output value}, a plan's `label_mapping`, applied to the
+        references first (a binary plan merges every bone into 1, as its predictions do).
     case_metadata: {case id: {"sequence", "location"}}; cases not in it are "unknown".
     Missing predictions are an error listing the cases, unless `allow_missing` (then they are
     skipped and listed in `missing_cases`). A prediction whose geometry differs from its
@@ -219,7 +222,7 @@ def evaluate_folder(reference_dir: Path | str, prediction_dir: Path | str, label
     items = []
     for case in cases:
         meta = case_metadata.get(case) or {}
-        items.append((case, (case, references[case], predictions[case], labels,
+        items.append((case, (case, references[case], predictions[case], labels, reference_mapping,
                              str(meta.get("sequence") or UNKNOWN), str(meta.get("location") or UNKNOWN))))
     outcomes = map_cases(_evaluate_files, items, n_workers, desc="evaluating")
     failed = [f"{o.case_id}: {o.error}" for o in outcomes if o.error]
@@ -246,8 +249,10 @@ def _check_geometries(cases: list[str], references: dict[str, Path], predictions
 
 
 def _evaluate_files(arg: tuple) -> list[dict]:
-    case, reference_path, prediction_path, labels, sequence, location = arg
+    case, reference_path, prediction_path, labels, reference_mapping, sequence, location = arg
     reference, geometry = _read_labels(reference_path)
+    if reference_mapping is not None:
+        reference = map_labels(reference, dict(reference_mapping))
     prediction, _ = _read_labels(prediction_path)
     if labels is None:
         values = sorted(set(_values_present(reference)) | set(_values_present(prediction)))
@@ -276,7 +281,7 @@ def _fill_absent(rows: list[dict], labels: dict[str, int], items: list[tuple]) -
     """Without declared labels, a case gets rows only for values it holds; add the rows of the
     other labels, which are absent from both maps (NaN metrics, zero voxels)."""
     seen = {(row["case"], row["label_value"]) for row in rows}
-    for _, (case, _, _, _, sequence, location) in items:
+    for _, (case, _, _, _, _, sequence, location) in items:
         for name, value in labels.items():
             if (case, value) not in seen:
                 rows.append({"case": case, "label": name, "label_value": value, **{m: math.nan for m in METRICS},

@@ -140,6 +140,19 @@ def test_without_labels_every_value_found_is_evaluated(tmp_path):
     assert set(result.per_case["location"]) == {"unknown"}
 
 
+def test_binary_predictions_are_scored_against_references_merged_by_the_plan_mapping(tmp_path):
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    reference = label_map(slice(1, 7), slice(2, 6))  # two bones, values 1 and 2
+    write_image(reference, GEOMETRY, ref / "a.nii.gz")
+    write_image((reference > 0).astype(np.uint8), GEOMETRY, pred / "a.nii.gz")  # a binary model: all bone is 1
+
+    merged = evaluate_folder(ref, pred, {"bone": 1}, reference_mapping={"1": 1, "2": 1})
+    unmerged = evaluate_folder(ref, pred, {"bone": 1})
+
+    assert merged.per_case["dice"].tolist() == [1.0]
+    assert unmerged.per_case["dice"].iloc[0] < 1.0  # only the first bone's voxels would count as reference
+
+
 def test_geometry_mismatch_names_the_case_and_what_differs(cohort):
     ref, pred, _ = cohort
     moved = Geometry(GEOMETRY.size, (0.5, 0.5, 3.3), GEOMETRY.origin_mm, GEOMETRY.direction)
