@@ -23,7 +23,7 @@ from sabnet.io.atomic import atomic_path, write_json
 from sabnet.io.image_io import read_image
 
 DEMO_DATASET = "Dataset990_SabnetDemo"
-LOCATIONS = ("knee", "hip", "shoulder", "lumbar_spine", "hand")
+LOCATIONS = ("knee", "hip", "shoulder", "lumbar_spine")
 SEQUENCES = ("T1", "T2", "PD", "STIR")
 CONFIGURATIONS = (("2d", False), ("3d", False), ("2d", True), ("3d", True))
 MIN_COMPONENT_PX = 20  # prompt only structures at least this large on a slice
@@ -149,7 +149,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
                                                                             qc=(name == "3d_automatic")))
         if report.failed:
             raise SabnetError(f"demo: {name} prediction failed for {report.failed[0][0]}: {report.failed[0][1]}")
-        result = evaluate_folder(raw / "labelsTs", target, plan_.labels, metadata)
+        result = evaluate_folder(raw / "labelsTs", target, plan_.labels, metadata,
+                                 reference_mapping=plan_.label_mapping)
         write(result, target)
         folders[name] = target
         per_case = result.per_case.assign(configuration=name)
