@@ -3,7 +3,9 @@
 
 Training batches come from the data pipeline (`SliceDataLoader` + `make_augmenter`) with hybrid
 prompts: a prompted sample carries points and/or a box for one label, an automatic one none; both
-are trained against the full label slice (every output channel), as prediction uses them.
+are trained against the full label slice (every output channel), as prediction uses them. Half of
+the prompted samples become corrections: their points move into the errors of the model's own
+automatic prediction (`correction_prompts`), so that a click in a missed bone brings it back.
 Validation: a fixed, seeded set of `plan.training.validation_slices` foreground slices of the
 fold's validation cases, without augmentation, in automatic mode; pseudo Dice per label from true
 and false positives and negatives summed over all those slices (as nnU-Net's pseudo Dice).
@@ -22,11 +24,14 @@ from sabnet.model.prompts import Prompts
 from sabnet.model.sab_model import SABModel
 from sabnet.planning.plans import Plan
 from sabnet.preprocessing.store import PreprocessedStore
-from sabnet.training.data_loader import SliceDataLoader, make_augmenter
+from sabnet.training.correction_prompts import correction_prompts, predicted_labels
+from sabnet.training.data_loader import SliceDataLoader, make_augmenter, sampler_from_plan
 from sabnet.training.distributed import DistributedContext, all_reduce_sum, autocast
 from sabnet.training.losses import segmentation_loss
 from sabnet.training.schedule import Schedule
 from sabnet.training.trainer import ValidationScores, epoch_seed
+
+CORRECTION_SHARE = 0.5  # of the prompted samples: points in the model's own errors (correction_prompts)
 
 VALIDATION_SEED_OFFSET = 1000  # validation slices are drawn with seed plan seed + offset + fold
 
@@ -57,6 +62,8 @@ class SlicePhase:
         self.output_mode = plan.model["output_mode"]
         self.labels = {name: value for name, value in plan.labels.items() if value != 0}
         self._validation_batches: list[dict] | None = None
+        self._sampler = sampler_from_plan(plan)
+        self._rng = np.random.default_rng(plan.training.seed)
 
     # ---- Phase interface -------------------------------------------------------------------
     def configure(self, model: SABModel) -> None:
@@ -72,6 +79,7 @@ class SlicePhase:
     def batches(self, epoch: int) -> Iterator[Iterator[dict]]:
         seed = epoch_seed(self.plan.training.seed, self.fold, self.name, epoch, self.ctx.rank)
         augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
+        self._rng = np.random.default_rng(seed + 1)  # correction prompts: replayed exactly on resume
         try:
             yield augmenter
         finally:
@@ -84,7 +92,17 @@ class SlicePhase:
             point_labels=torch.as_tensor(batch["point_labels"], dtype=torch.long),
             boxes=torch.as_tensor(batch["boxes"]), box_valid=torch.as_tensor(batch["box_valid"], dtype=torch.bool),
         ).to(self.ctx.device)
-        logits = net(images, prompts, attention)
+        if CORRECTION_SHARE == 0 or bool(prompts.automatic.all()):
+            return segmentation_loss(net(images, prompts, attention).float(), target, self.output_mode)
+        model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        embeddings = None if model is not net else model.encode(images)  # one process: encode once
+        with torch.no_grad():
+            automatic = (model(images, None, attention) if embeddings is None
+                         else model.upsample_logits(model.decode(embeddings, None, attention)))
+        prompts = correction_prompts(prompts, target.cpu().numpy(), predicted_labels(automatic, self.output_mode),
+                                     model.config.mask_size, self._sampler, self._rng, CORRECTION_SHARE)
+        logits = (net(images, prompts, attention) if embeddings is None
+                  else model.upsample_logits(model.decode(embeddings, prompts, attention)))
         return segmentation_loss(logits.float(), target, self.output_mode)
 
     @torch.no_grad()
