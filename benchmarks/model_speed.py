@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--slices", type=int, default=40, help="slices per volume for the depth comparison")
     parser.add_argument("--large", action="store_true", help="also time vit_l and vit_h at 256")
+    parser.add_argument("--variants", nargs="+", metavar="V", help="time only these variants (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     shown = sys.argv[1:] if argv is None else argv
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     encode_cpu: dict[str, float] = {}
     for variant, size in DEFAULT_RUNS + (LARGE_RUNS if args.large else []):
+        if args.variants and variant not in args.variants:
+            continue
         config = ModelConfig.for_variant(variant, size)
         t = slice_times(config, args.batch, args.repeats)
         if size == 256:
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nWindow size at input 256 (a 16 x 16 token grid; SAM's 14 pads it to 28 x 28):\n")
     print("| variant | window | encode CPU ms/slice |")
     print("|---|---|---|")
-    for variant in ("vit_b", "sab_tiny"):
+    for variant in [v for v in ("vit_b", "sab_tiny") if not args.variants or v in args.variants]:
         for window in (14, 16, 8):
             t = slice_times(ModelConfig.for_variant(variant, 256, window_size=window), args.batch, args.repeats)
             print(f"| {variant} | {window} | {ms(t['encode'][0])} |", flush=True)
