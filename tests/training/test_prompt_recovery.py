@@ -3,11 +3,10 @@
 Each image holds one ring, always 'bone', and three identical plain disks of which only some are
 bone (chosen at random), so no model can tell from the image alone which disks are: the automatic
 mode finds the ring and leaves the disks out (each is bone less often than not). A positive click
-is what tells. A tiny model is trained for a few hundred
-steps as `SlicePhase` trains it (hybrid prompts from the ground truth, half of the prompted samples
-turned into corrections of its own automatic prediction (here all of them, to learn quickly),
-Dice + cross-entropy) and then must
-segment a clicked disk it missed, and only that one.
+is what tells. A tiny model is trained for a few hundred steps as `SlicePhase` trains it (hybrid
+prompts from the ground truth, the prompted ones turned into corrections of its own automatic
+prediction: all of them here, half in `SlicePhase`, to learn quickly; Dice + cross-entropy), and then
+must segment a clicked disk it missed, and only that one.
 """
 import numpy as np
 import pytest
