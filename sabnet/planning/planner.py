@@ -19,7 +19,8 @@ from sabnet.planning.plans import (CaseSlicing, DepthVolumePlan, NormalizationSc
 from sabnet.planning.slicing import majority_plane, slicing_for
 from sabnet.version import __version__
 
-INPUT_SIZES = (256, 512, 1024)
+INPUT_SIZES = (128, 256, 512, 1024)
+MIN_SAM_INPUT_SIZE = 256  # a pretrained SAM encoder sees at least a 16 x 16 token grid
 DEFAULT_VARIANT = "sab_tiny"
 DEPTH_GRID = 64             # low-resolution voxels across the median largest in-plane extent
 DEPTH_NEIGHBOURHOOD_MM = 10.0
@@ -34,8 +35,9 @@ def _in_plane_extent_px(case: dict, slicing: CaseSlicing, target_mm: float) -> t
     return tuple((case["nonzero_box"][a][1] - case["nonzero_box"][a][0]) * case["spacing_mm"][a] / target_mm for a in axes)
 
 
-def choose_input_size(median_side_px: float) -> tuple[int, str]:
-    for size in INPUT_SIZES:
+def choose_input_size(median_side_px: float, smallest: int = INPUT_SIZES[0]) -> tuple[int, str]:
+    """The smallest encoder input (from INPUT_SIZES, at least `smallest`) that holds the median side."""
+    for size in (s for s in INPUT_SIZES if s >= smallest):
         if median_side_px <= size:
             return size, (f"median largest in-plane side is {median_side_px:.0f} px at the target spacing; "
                           f"{size} is the smallest encoder input that holds it (slices are padded, never squashed)")
@@ -91,7 +93,8 @@ def plan_cohort(fingerprint: dict, *, binary: bool = False, sam_checkpoint: Path
                                     "is kept (slices are never interpolated for the 2D model)")
 
     sides = [max(_in_plane_extent_px(c, slicings[c["case_id"]], target)) for c in cases]
-    image_size, reasons["image_size"] = choose_input_size(float(np.median(sides)))
+    image_size, reasons["image_size"] = choose_input_size(
+        float(np.median(sides)), MIN_SAM_INPUT_SIZE if sam_checkpoint is not None else INPUT_SIZES[0])
 
     labels, mapping, reasons["labels"] = label_plan(fingerprint["labels"], binary)
     model_settings = dict(

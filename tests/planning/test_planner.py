@@ -9,7 +9,7 @@ from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import read_geometry, read_image
 from sabnet.phantoms.cohort import make_phantom_dataset
 from sabnet.planning.fingerprint import extract_fingerprint
-from sabnet.planning.planner import plan_cohort
+from sabnet.planning.planner import MIN_SAM_INPUT_SIZE, choose_input_size, plan_cohort
 from sabnet.planning.plans import Plan, load_plan, save_plan
 from sabnet.planning.slicing import slicing_for
 
@@ -54,8 +54,11 @@ def test_plan_follows_spacing_and_field_of_view(tmp_path):
     assert plans["fine"].preprocessing.target_spacing_mm == pytest.approx(0.4, rel=1e-3)
     assert plans["coarse"].preprocessing.target_spacing_mm == pytest.approx(0.8, rel=1e-3)
     # a field of view of ~300 px at 0.4 mm needs a larger encoder input than ~96 px
-    assert plans["fine"].model["image_size"] == 256
+    assert plans["fine"].model["image_size"] == 128
     assert plans["wide"].model["image_size"] == 512
+    # a pretrained SAM encoder is never shrunk below a 16 x 16 token grid
+    assert choose_input_size(96, MIN_SAM_INPUT_SIZE)[0] == 256
+    assert choose_input_size(96)[0] == 128 and choose_input_size(129)[0] == 256
     # the window divides the token grid, and the depth volume grows with the field of view
     for plan in plans.values():
         grid = plan.model["image_size"] // plan.model["patch_size"]
