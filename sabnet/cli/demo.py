@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("sabnet_demo"), help="folder for everything (default ./sabnet_demo)")
     p.add_argument("--minutes", type=float, default=9.0, help="about how long the whole demo may take (default 9)")
     p.add_argument("--device", choices=["cpu", "cuda", "mps"], default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--cases", type=int, default=20, help="training phantoms (default 20)")
+    p.add_argument("--cases", type=int, default=80, help="training phantoms (default 80)")
     p.add_argument("--test-cases", type=int, default=5, help="held-out phantoms (default 5)")
     return p
 
