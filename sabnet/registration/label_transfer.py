@@ -57,10 +57,11 @@ class Quality:
     value: the quality figure, the lowest of these: the share of agreement that the worst-placed
         bone (or all bones together) loses when moved 3 mm. On 20 phantom pairs with a known
         motion (5 locations, T1/T2/PD/STIR/GRE, 2.5-4 mm slices) it was 0.21-0.52 for all but two
-        (0.135: a good PD->STIR knee; 0.14: a registration 0.05 Dice short of the true motion);
+        good PD->STIR pairs (0.13: a knee and a shoulder, both within 0.001 Dice of the true motion);
         on 24 wrong pairs (another subject, voxels flipped under their header) 0.18 or less,
-        except a flipped spine that is its own mirror image (0.34; its labels were right, Dice
-        0.96). `DEFAULT_MIN_QUALITY` is 0.2.
+        except two whose labels were right all the same: a flipped spine that is its own mirror
+        image (0.34, Dice 0.96) and a hip onto a look-alike subject (0.26, Dice 0.95).
+        `DEFAULT_MIN_QUALITY` is 0.2.
     """
 
     value: float

@@ -15,6 +15,7 @@ from sabnet.io.image_io import read_image, write_image
 from sabnet.phantoms.cohort import make_phantom_dataset
 from sabnet.registration import (DEFAULT_MIN_QUALITY, carry_labels, pairs_by_sequence, read_pairs, transfer_labels)
 from sabnet.registration.label_transfer import coverage_of, dice_per_label
+from sabnet.registration.rigid_affine import body_mask, flatten_bias
 
 # Paired subjects: 0 knee T1 -> T2, 1 hand T1 -> T2, 2 knee T2 -> PD; coronal/sagittal slices of 2.5-4 mm.
 PHANTOMS = dict(locations=("knee", "hand"), sequences=("T1", "T2", "PD"), n_cases=3, seed=4, paired=True,
@@ -88,6 +89,28 @@ def test_labels_outside_the_moving_field_of_view_become_background():
     assert not covered[-5:].any() and covered[:5].all()
     assert not carried[~covered].any()
     assert np.array_equal(carried[:6], labels[10:16])              # what is covered moved by 10 slices
+
+
+# ---- the intensity bias that registration removes first ---------------------------------------
+
+def test_flatten_bias_removes_a_smooth_intensity_drift_and_keeps_the_contrast():
+    """A body (1.0) holding a darker bone (0.4), times a drift of up to e^0.8 across the field of view."""
+    k, j, i = np.meshgrid(np.linspace(-1, 1, 30), np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij")
+    tissue = np.zeros(k.shape, np.float32)
+    body = (i / 0.9) ** 2 + (j / 0.8) ** 2 < 1
+    tissue[body] = 1.0
+    tissue[body & ((i - 0.1) ** 2 + (j + 0.1) ** 2 < 0.3 ** 2)] = 0.4
+    drift = np.exp(0.35 * i - 0.25 * j ** 2 + 0.2 * k)
+    noise = np.random.default_rng(0).normal(0, 0.01, k.shape)
+    image = sitk.GetImageFromArray((tissue * drift + noise).astype(np.float32))
+    image.SetSpacing((1.5, 1.5, 3.0))
+
+    flat = sitk.GetArrayFromImage(flatten_bias(image, body_mask(image)))
+    raw = sitk.GetArrayFromImage(image)
+    for value in (1.0, 0.4):                        # each tissue is even again (variation 0.13-0.21 before)
+        inside = tissue == value
+        assert flat[inside].std() / flat[inside].mean() < raw[inside].std() / raw[inside].mean() / 3
+    assert abs(flat[tissue == 0.4].mean() / flat[tissue == 1.0].mean() - 0.4) < 0.03
 
 
 # ---- one pair ----------------------------------------------------------------------------------
