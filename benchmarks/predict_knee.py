@@ -6,9 +6,12 @@ point, and a hand/wrist QC picture beside the published SegmentAnyBone mask.
     python benchmarks/predict_knee.py [--model-folder DIR] [--repeats 3] [--out DIR] [--write-docs]
         [--knee ../shared/data/knee_dess_dicom] [--hand ../shared/data/hand_wrist_mri] [--device cpu]
 
-Without --model-folder, one fold of the default small variant is trained first with
-`sab_demo --out <out>/demo --minutes <--demo-minutes>` (phantoms; only the model's speed matters for
-the knee). Everything is measured in this one process, after one untimed warm-up of each kind:
+Without --model-folder, one fold of the default small variant is trained first (only the model's
+speed matters for the knee). `--model knee` (default): planned on knee phantoms made with this
+series' own geometry (in-plane size and spacing, slice spacing, sagittal), so the plan's input size
+is what a cohort of such knees gets (sab_tiny at 512 px for 0.31 mm pixels), trained a few steps.
+`--model demo`: the `sab_demo --out <out>/demo --minutes <--demo-minutes>` model (128 px phantoms),
+which runs the knee at the demo's coarse spacing. Everything is measured in this one process, after one untimed warm-up of each kind:
 - end-to-end: `sab_predict -i <knee> --mode 2d|3d` through the CLI's `main`: model loading, DICOM
   reading, preprocessing, prediction, the inverse and writing the NIfTI;
 - floor: the same preprocessed tiles (preprocessed once, outside the timing) through `model.encode`
@@ -99,6 +102,45 @@ def demo_model_folder(out: Path, minutes: float) -> Path:
         subprocess.run(command, check=True)
         found = sorted(p.parent for p in results.glob("*/plans.json"))
     return found[0]
+
+
+def knee_model_folder(out: Path, knee: Path, steps: int) -> Path:
+    """Plan (binary) one fold on 6 knee phantoms with the geometry of the `knee` series, train it
+    `steps` steps per phase (its speed is what matters, not its accuracy); return its model folder."""
+    import SimpleITK as sitk
+
+    from sabnet.paths import Roots, resolve_dataset
+    from sabnet.planning.plans import save_plan
+    from sabnet.phantoms.cohort import make_phantom_dataset
+    from sabnet.preprocessing.plan_and_preprocess import PlanningOptions, plan_and_preprocess
+    from sabnet.training.run_training import TrainingOptions, train
+
+    home = out / "knee_model"
+    os.environ.update(SABNET_RAW=str(home / "raw"), SABNET_PREPROCESSED=str(home / "preprocessed"),
+                      SABNET_RESULTS=str(home / "results"))
+    results = home / "results" / "Dataset995_KneeGeometry"
+    found = sorted(p.parents[2] for p in results.glob("*/fold_0/checkpoint_final/model.pth"))
+    if found:
+        return found[0]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(sorted(knee.iterdir())[0]))
+    reader.ReadImageInformation()
+    size, spacing = reader.GetSize(), reader.GetSpacing()
+    # phantom sides vary by -15..+10 % around in_plane_size: 0.9 x keeps them within the series' size
+    slice_mm = 1.5 if len(list(knee.iterdir())) > 1 else spacing[2]
+    print(f"training a model on knee phantoms of {size[0]} px at {spacing[0]:.4f} mm, {slice_mm} mm slices", flush=True)
+    if not (home / "raw" / "Dataset995_KneeGeometry" / "dataset.json").is_file():
+        make_phantom_dataset(home / "raw", ("knee",), ("T1", "T2", "PD", "GRE"), 6, seed=7, planes=("sagittal",),
+                             in_plane_spacing_mm=(spacing[0], spacing[0]), slice_spacing_mm=(slice_mm, slice_mm),
+                             in_plane_size=int(0.9 * size[0]), dataset_name="Dataset995_KneeGeometry", n_workers=2)
+    ref = resolve_dataset("Dataset995_KneeGeometry", Roots.from_environment())
+    planned = plan_and_preprocess(ref, PlanningOptions(binary=True), n_workers=2)
+    # a few steps of each phase: at 512 px one step of 2 slices takes 15 s here, validating 64 slices minutes
+    planned.plan.training.validation_slices = 8
+    save_plan(planned.plan, ref.preprocessed_dir)
+    train(ref, 0, TrainingOptions(stage="all", epochs=1, iterations_per_epoch=steps, final_validation=False),
+          log=lambda line: None)
+    return sorted(p.parents[2] for p in results.glob("*/fold_0/checkpoint_final/model.pth"))[0]
 
 
 def predict_argv(folder: Path, image: Path, output: Path, mode: str, device: str, extra: list[str]) -> list[str]:
@@ -300,9 +342,13 @@ def hand_wrist(args, folder: Path, picture: Path) -> dict:
 
     image_path, published_path = args.hand / "hand_wrist.nii.gz", args.hand / "hand_wrist_segmentanybone_prediction.nrrd"
     target = args.out / "hand"
+    results_root = os.environ.get("SABNET_RESULTS")
+    os.environ["SABNET_RESULTS"] = str(folder.parent.parent)
     start = time.perf_counter()
     sab_predict(predict_argv(folder, image_path, target, "2d", args.device, ["--qc"]))
     seconds = time.perf_counter() - start
+    if results_root is not None:
+        os.environ["SABNET_RESULTS"] = results_root
     image, geometry = read_image(image_path)
     ours, published = (read_image(p) for p in (target / "hand_wrist.nii.gz", published_path))
     if ours[1].differences(geometry) or published[1].differences(geometry):
@@ -330,7 +376,7 @@ def hand_wrist(args, folder: Path, picture: Path) -> dict:
     with atomic_path(picture) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    return {"dice": float(dice), "seconds": seconds, "sab_voxels": int(ours.sum()), "published_voxels": int(published.sum()),
+    return {"folder": folder, "dice": float(dice), "seconds": seconds, "sab_voxels": int(ours.sum()), "published_voxels": int(published.sum()),
             "slice_axis": axis, "slices": slices, "shape": image.shape}
 
 
@@ -391,7 +437,7 @@ def report(args, folder: Path, floor: Floor, runs: pd.DataFrame, phases: pd.Data
         f"| {len(ms)} points | {ms.median():.1f} | {ms.quantile(0.9):.1f} | {ms.max():.1f} | "
         f"< {GOALS['point_ms']:.0f} ms: {verdict(ms.median() < GOALS['point_ms'])} |",
         "", f"**Hand/wrist** (`hand_wrist.nii.gz`, array {' x '.join(map(str, hand['shape']))}, header 1 mm, identity): "
-        f"`sab_predict --qc` {hand['seconds']:.1f} s. Dice between sabnet's bone mask and the published "
+        f"model `{hand['folder']}`; `sab_predict --qc` {hand['seconds']:.1f} s. Dice between sabnet's bone mask and the published "
         f"SegmentAnyBone mask: {hand['dice']:.3f} ({hand['sab_voxels']} and {hand['published_voxels']} voxels). "
         "The published mask is another model's output, not ground truth.", "",
         f"![hand/wrist: sabnet (top) and the published model (bottom)]({picture})",
@@ -416,6 +462,13 @@ def write_docs(section: str, docs: Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-folder", type=Path, help="trained model folder <results>/<dataset>/<plan> (default: train one)")
+    p.add_argument("--hand-model-folder", type=Path,
+                   help="model for the hand/wrist picture (default: the knee's; a briefly trained knee model "
+                        "shows nothing there, give e.g. sab_demo's)")
+    p.add_argument("--model", choices=["knee", "demo"], default="knee",
+                   help="model to train when no --model-folder: planned on knee phantoms with the series' "
+                        "geometry (default) or sab_demo's")
+    p.add_argument("--train-steps", type=int, default=4, help="training steps per phase of the knee model (default 4)")
     p.add_argument("--demo-minutes", type=float, default=6.0, help="sab_demo budget when no --model-folder (default 6)")
     p.add_argument("--knee", type=Path, default=REPO.parent / "shared" / "data" / "knee_dess_dicom")
     p.add_argument("--hand", type=Path, default=REPO.parent / "shared" / "data" / "hand_wrist_mri")
@@ -434,7 +487,12 @@ def main(argv=None) -> int:
         if not path.exists():
             sys.exit(f"{path}: not found (real data under ../shared/data; give --knee / --hand)")
     args.out.mkdir(parents=True, exist_ok=True)
-    folder = (args.model_folder or demo_model_folder(args.out, args.demo_minutes)).resolve()
+    if args.model_folder:
+        folder = args.model_folder.resolve()
+    elif args.model == "knee":
+        folder = knee_model_folder(args.out, args.knee, args.train_steps).resolve()
+    else:
+        folder = demo_model_folder(args.out, args.demo_minutes).resolve()
     os.environ["SABNET_RESULTS"] = str(folder.parent.parent)
     load, started = os.getloadavg(), f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d, %H:%M}"
     print(f"model {folder}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
@@ -446,7 +504,7 @@ def main(argv=None) -> int:
     points, open_s, profile = interactive(args, folder)
     picture = REPO / "docs" / "images" / "hand_wrist_qc.png" if args.write_docs else args.out / "hand_wrist_qc.png"
     print("hand/wrist ...", flush=True)
-    hand = hand_wrist(args, folder, picture)
+    hand = hand_wrist(args, (args.hand_model_folder or folder).resolve(), picture)
     section = report(args, folder, floor, runs, phases, points, open_s, hand,
                      "images/hand_wrist_qc.png" if args.write_docs else str(picture), started, load)
     for name, table in (("runs", runs), ("phases", phases), ("interactive", points)):
