@@ -2,7 +2,7 @@
 against the same variant trained from scratch on those 2 volumes, both evaluated on held-out hands.
 
     python benchmarks/finetune_hand.py [--source-minutes 8] [--finetune-minutes 3] [--source-cases 18]
-        [--test-cases 6] [--size 160] [-np 2] [--workdir DIR] [--quick]
+        [--test-cases 6] [--size 112] [--spacing 0.6 2.0] [-np 2] [--workdir DIR] [--quick]
 
 Binary mode ('bone'): hand bones share no name with knee, spine or hip bones, so in multi-label
 mode every hand output head would start fresh; merged into 'bone', the source's head carries over.
@@ -12,8 +12,10 @@ Steps (each a console command, printed as run; logs in <workdir>/logs):
     trained (stage 2d) for --source-minutes;
  2. hand: 2 training phantoms + --test-cases held-out ones in imagesTs/labelsTs (seed 7);
  3. (a) sab_finetune --cases 2 from the source for --finetune-minutes;
-    (b) the same 2 volumes as a separate dataset, planned on their own (binary), its model set to the
-        source's variant and image size, the same split, trained from scratch for the same minutes;
+    (b) the same 2 volumes as a separate dataset, planned on their own (binary), its model and in-plane
+        spacing set to the fine-tuning plan's (the source's variant, image size and spacing: only the
+        starting weights differ; with its own finer spacing the scratch model also saw thin hand
+        bones larger), the same split, trained from scratch for the same minutes;
  4. both predict the held-out hands (2D mode); sabnet.evaluation scores them against the
     references merged to one bone label (Dice, HD95 in mm per case; means).
 --quick: tiny phantoms (64 px, 8 slices), the model shrunk to 64 px and 2 encoder blocks, budgets
@@ -54,9 +56,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source-minutes", type=float, default=8.0, help="training budget of the source model")
     p.add_argument("--finetune-minutes", type=float, default=3.0, help="budget of fine-tuning and of the scratch run")
-    p.add_argument("--source-cases", type=int, default=18, help="source phantoms (a third per location)")
+    p.add_argument("--source-cases", type=int, default=60, help="source phantoms (a third per location)")
     p.add_argument("--test-cases", type=int, default=6, help="held-out hand phantoms")
-    p.add_argument("--size", type=int, default=160, help="about this many voxels per in-plane side")
+    p.add_argument("--size", type=int, default=112, help="about this many voxels per in-plane side")
+    p.add_argument("--spacing", type=float, nargs=2, default=(0.6, 2.0),
+                   help="range of in-plane spacings in mm (default 0.6 2.0: the demo's phantoms, planned at 128 px)")
     p.add_argument("-np", "--processes", type=int, default=2, help="processes for phantoms and preprocessing")
     p.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder, removed)")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (figures meaningless)")
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     os.environ.update({k: env[k] for k in ("SABNET_RAW", "SABNET_PREPROCESSED", "SABNET_RESULTS")})
     steps: list[tuple[str, float]] = []
     load_before = os.getloadavg()
-    shape = dict(in_plane_size=args.size, n_slices=8 if args.quick else None, n_workers=args.processes)
+    shape = dict(in_plane_size=args.size, in_plane_spacing_mm=tuple(args.spacing), n_slices=8 if args.quick else None,
+                 n_workers=args.processes)
     started = time.perf_counter()
     source = make_phantom_dataset(work / "phantoms", ("knee", "lumbar_spine", "hip"), ("T1", "T2"),
                                   args.source_cases, seed=0, dataset_name=SOURCE, **shape)
@@ -97,9 +102,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
     _command(steps, work, "finetune", ["-d", str(hand), "--from", str(source), "--cases", "2", "--budget-minutes",
                                        f"{args.finetune_minutes:g}", "-nw", "1", *np_flag], env)
-    source_model = load_plan(work / "preprocessed" / HAND).model
+    finetune_plan = load_plan(work / "preprocessed" / HAND)
     _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag, "--plan-only"], env)
-    _set_model(work / "preprocessed" / SCRATCH, source_model)
+    _set_model(work / "preprocessed" / SCRATCH, finetune_plan.model, finetune_plan.preprocessing.target_spacing_mm)
     _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag], env)
     shutil.copyfile(work / "preprocessed" / HAND / "splits_final.json",
                     work / "preprocessed" / SCRATCH / "splits_final.json")
@@ -144,14 +149,17 @@ def _command(steps: list, work: Path, module: str, argv: list[str], env: dict) -
         raise SystemExit(f"{console} failed (exit {code}); its output: {log}\n" + log.read_text()[-2000:])
 
 
-def _set_model(preprocessed: Path, model: dict) -> None:
-    """Give a plan another model architecture (a variant and image size), keeping its own outputs and
-    depth-volume settings."""
+def _set_model(preprocessed: Path, model: dict, target_spacing_mm: float | None = None) -> None:
+    """Give a plan another model architecture (a variant and image size) and, when given, another
+    in-plane target spacing, keeping its own outputs and depth-volume settings."""
     plan = load_plan(preprocessed)
     own = {k: plan.model[k] for k in OWN_SETTINGS}
     plan.model = ModelConfig.from_dict(dict(model, **own)).to_dict()
+    if target_spacing_mm is not None:
+        plan.preprocessing.target_spacing_mm = float(target_spacing_mm)
     save_plan(plan, preprocessed)
-    print(f"# edited {preprocessed / 'plans.json'}: model {plan.model['variant']} at {plan.model['image_size']} px")
+    print(f"# edited {preprocessed / 'plans.json'}: model {plan.model['variant']} at {plan.model['image_size']} px, "
+          f"in-plane {plan.preprocessing.target_spacing_mm} mm")
 
 
 def _bone_references(labels_dir: Path, out: Path) -> Path:
