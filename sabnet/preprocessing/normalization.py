@@ -51,8 +51,3 @@ def standardized(clipped_channel: np.ndarray, values: dict) -> np.ndarray:
     clipped_channel /= values["std"]
     return clipped_channel
 
-
-def normalize(channel: np.ndarray, scheme: NormalizationScheme) -> tuple[np.ndarray, dict]:
-    """Normalize a channel (any shape) -> (float32 array, the values used, for the record)."""
-    values = normalization_values(channel, scheme)
-    return standardized(clipped(channel, values), values), values

@@ -47,6 +47,13 @@ def test_inverse_restores_labels_of_an_oblique_anisotropic_case(oblique_cohort):
     n_slices, rows, cols = result.labels.shape
     assert n_slices == geometry.shape[plan.preprocessing.cases[case.case_id].slice_axis]  # never interpolated
     assert result.properties["spacing_mm"][1] == pytest.approx(0.7, rel=0.02)
+    # the slices are normalized by the values recorded: clipped, then zero mean and unit std in the body
+    record = result.properties["normalization"][0]
+    low, high = ((record[k] - record["mean"]) / record["std"] for k in ("clip_low", "clip_high"))
+    slices = result.image[:, 0]
+    assert low - 1e-4 <= slices.min() and slices.max() <= high + 1e-4
+    body = slices[slices > low + 0.05 * (high - low)]
+    assert abs(float(body.mean())) < 0.25 and 0.75 < float(body.std()) < 1.25
     restored = labels_to_original(result.labels, result.properties)
     assert restored.shape == labels.shape
     for value in np.unique(labels[labels > 0]):
