@@ -1,7 +1,7 @@
 """Few-shot fine-tuning on phantoms: a knee + lumbar spine + hip model fine-tuned on 2 hand volumes,
 against the same variant trained from scratch on those 2 volumes, both evaluated on held-out hands.
 
-    python benchmarks/finetune_hand.py [--source-minutes 8] [--finetune-minutes 3] [--source-cases 18]
+    python benchmarks/finetune_hand.py [--source-minutes 8] [--finetune-minutes 1 3] [--source-cases 60]
         [--test-cases 6] [--size 112] [--spacing 0.6 2.0] [-np 2] [--workdir DIR] [--quick]
 
 Binary mode ('bone'): hand bones share no name with knee, spine or hip bones, so in multi-label
@@ -11,11 +11,12 @@ Steps (each a console command, printed as run; logs in <workdir>/logs):
  1. source: phantoms of knee, lumbar_spine and hip (T1/T2, seed 0), planned --binary, fold 0
     trained (stage 2d) for --source-minutes;
  2. hand: 2 training phantoms + --test-cases held-out ones in imagesTs/labelsTs (seed 7);
- 3. (a) sab_finetune --cases 2 from the source for --finetune-minutes;
+ 3. for each budget of --finetune-minutes:
+    (a) sab_finetune --cases 2 from the source (the hands at their own in-plane spacing, the source's
+        model and image size);
     (b) the same 2 volumes as a separate dataset, planned on their own (binary), its model and in-plane
-        spacing set to the fine-tuning plan's (the source's variant, image size and spacing: only the
-        starting weights differ; with its own finer spacing the scratch model also saw thin hand
-        bones larger), the same split, trained from scratch for the same minutes;
+        spacing set to the fine-tuning plan's (only the starting weights differ), the same split,
+        trained from scratch for the same minutes;
  4. both predict the held-out hands (2D mode); sabnet.evaluation scores them against the
     references merged to one bone label (Dice, HD95 in mm per case; means).
 --quick: tiny phantoms (64 px, 8 slices), the model shrunk to 64 px and 2 encoder blocks, budgets
@@ -55,7 +56,8 @@ QUICK_MODEL = dict(image_size=64, encoder_depth=2, encoder_global_attn_indexes=[
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source-minutes", type=float, default=8.0, help="training budget of the source model")
-    p.add_argument("--finetune-minutes", type=float, default=3.0, help="budget of fine-tuning and of the scratch run")
+    p.add_argument("--finetune-minutes", type=float, nargs="+", default=[1.0, 3.0],
+                   help="budgets of fine-tuning and of the scratch run; both arms run at each (default 1 3)")
     p.add_argument("--source-cases", type=int, default=60, help="source phantoms (a third per location)")
     p.add_argument("--test-cases", type=int, default=6, help="held-out hand phantoms")
     p.add_argument("--size", type=int, default=112, help="about this many voxels per in-plane side")
@@ -66,7 +68,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (figures meaningless)")
     args = p.parse_args()
     if args.quick:
-        args.source_minutes, args.finetune_minutes = 0.4, 0.25
+        args.source_minutes, args.finetune_minutes = 0.4, [0.25]
         args.source_cases, args.test_cases, args.size = 6, 2, 64
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sabnet_finetune_hand_"))
     try:
@@ -89,7 +91,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
                                   args.source_cases, seed=0, dataset_name=SOURCE, **shape)
     hand = make_phantom_dataset(work / "phantoms", ("hand",), ("T1", "T2"), 2, seed=7, n_test_cases=args.test_cases,
                                 dataset_name=HAND, **shape)
-    scratch = shutil.copytree(hand, work / "phantoms" / SCRATCH)
     steps.append(("make phantoms", time.perf_counter() - started))
     np_flag = ["-np", str(args.processes)]
 
@@ -100,32 +101,39 @@ def run(args: argparse.Namespace, work: Path) -> None:
     _command(steps, work, "train", ["-d", str(source), "-f", "0", "--stage", "2d", "--budget-minutes",
                                     f"{args.source_minutes:g}", "-nw", "1"], env)
 
-    _command(steps, work, "finetune", ["-d", str(hand), "--from", str(source), "--cases", "2", "--budget-minutes",
-                                       f"{args.finetune_minutes:g}", "-nw", "1", *np_flag], env)
-    finetune_plan = load_plan(work / "preprocessed" / HAND)
-    _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag, "--plan-only"], env)
-    _set_model(work / "preprocessed" / SCRATCH, finetune_plan.model, finetune_plan.preprocessing.target_spacing_mm)
-    _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag], env)
-    shutil.copyfile(work / "preprocessed" / HAND / "splits_final.json",
-                    work / "preprocessed" / SCRATCH / "splits_final.json")
-    print(f"# copied {HAND}'s splits_final.json (the 2 training cases sab_finetune chose) to {SCRATCH}")
-    _command(steps, work, "train", ["-d", str(scratch), "-f", "0", "--stage", "2d", "--budget-minutes",
-                                    f"{args.finetune_minutes:g}", "-nw", "1"], env)
-
     references = _bone_references(hand / "labelsTs", work / "references")
     rows, per_case = [], []
-    for name, dataset in (("fine-tuned", hand), ("from scratch", scratch)):
-        out = work / "predictions" / name.replace(" ", "_")
-        _command(steps, work, "predict", ["-i", str(hand / "imagesTs"), "-o", str(out), "-d", str(dataset),
-                                          "--mode", "2d"], env)
-        result = evaluate_folder(references, out, labels={"bone": 1})
-        table = result.per_case
-        rows.append({"model": name, "dice": table["dice"].mean(), "hd95_mm": table["hd95_mm"].mean(),
-                     "dice_min": table["dice"].min(), "epochs": _epochs(work / "results" / dataset.name)})
-        per_case.append(table.set_index("case")["dice"].rename(f"dice {name}"))
+    for i, minutes in enumerate(args.finetune_minutes):
+        finetuned = hand if i == 0 else _copy_dataset(hand, work / "phantoms", f"Dataset{984 + 2 * i}_HandFinetune")
+        scratch = _copy_dataset(hand, work / "phantoms", f"Dataset{985 + 2 * i}_HandScratch" if i else SCRATCH)
+        _command(steps, work, "finetune", ["-d", str(finetuned), "--from", str(source), "--cases", "2",
+                                           "--budget-minutes", f"{minutes:g}", "-nw", "1", *np_flag], env)
+        finetune_plan = load_plan(work / "preprocessed" / finetuned.name)
+        _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag, "--plan-only"], env)
+        _set_model(work / "preprocessed" / scratch.name, finetune_plan.model,
+                   finetune_plan.preprocessing.target_spacing_mm)
+        _command(steps, work, "plan_and_preprocess", ["-d", str(scratch), "--binary", *np_flag], env)
+        shutil.copyfile(work / "preprocessed" / finetuned.name / "splits_final.json",
+                        work / "preprocessed" / scratch.name / "splits_final.json")
+        print(f"# copied {finetuned.name}'s splits_final.json (the 2 training cases sab_finetune chose) to "
+              f"{scratch.name}")
+        _command(steps, work, "train", ["-d", str(scratch), "-f", "0", "--stage", "2d", "--budget-minutes",
+                                        f"{minutes:g}", "-nw", "1"], env)
+        budget_rows = []
+        for name, dataset in (("fine-tuned", finetuned), ("from scratch", scratch)):
+            out = work / "predictions" / f"{name.replace(' ', '_')}_{minutes:g}min"
+            _command(steps, work, "predict", ["-i", str(hand / "imagesTs"), "-o", str(out), "-d", str(dataset),
+                                              "--mode", "2d"], env)
+            table = evaluate_folder(references, out, labels={"bone": 1}).per_case
+            budget_rows.append({"minutes": minutes, "model": name, "dice": table["dice"].mean(),
+                                "hd95_mm": table["hd95_mm"].mean(), "dice_min": table["dice"].min(),
+                                "epochs": _epochs(work / "results" / dataset.name)})
+            per_case.append(table.set_index("case")["dice"].rename(f"{name}, {minutes:g} min"))
+        keys = ["dice", "hd95_mm", "dice_min"]
+        budget_rows.append({"minutes": minutes, "model": "difference", "epochs": "",
+                            **{k: budget_rows[0][k] - budget_rows[1][k] for k in keys}})
+        rows += budget_rows
     summary = pd.DataFrame(rows)
-    difference = summary.iloc[0][["dice", "hd95_mm", "dice_min"]] - summary.iloc[1][["dice", "hd95_mm", "dice_min"]]
-    summary.loc[len(summary)] = {"model": "difference", **difference.to_dict(), "epochs": ""}
     _report(args, summary, pd.concat(per_case, axis=1), steps, load_before, work)
 
 
@@ -147,6 +155,15 @@ def _command(steps: list, work: Path, module: str, argv: list[str], env: dict) -
     steps.append((text, time.perf_counter() - started))
     if code != 0:
         raise SystemExit(f"{console} failed (exit {code}); its output: {log}\n" + log.read_text()[-2000:])
+
+
+def _copy_dataset(dataset: Path, parent: Path, name: str) -> Path:
+    """A copy of a raw dataset under another name (its dataset.json's name too)."""
+    copy = shutil.copytree(dataset, parent / name)
+    description = json.loads((copy / "dataset.json").read_text())
+    description["name"] = name
+    (copy / "dataset.json").write_text(json.dumps(description, indent=1))
+    return copy
 
 
 def _set_model(preprocessed: Path, model: dict, target_spacing_mm: float | None = None) -> None:

@@ -1,5 +1,5 @@
 """sab_finetune -d NEW --from D [--folds 0 1 ...] [--cases K] [--stage 2d|all]
-[--budget-minutes M | --epochs N] [--iters-per-epoch N] [--device cpu|cuda|mps] [-np N] [-nw N] [-p PLAN] [--replan]
+[--budget-minutes M | --epochs N] [--iters-per-epoch N] [--device cpu|cuda|mps] [-np N] [-nw N] [-p PLAN] [--replan] [--source-spacing] [--full-encoder]
 
 Fine-tune D's trained folds on a new cohort NEW (another body location, sequence or site). NEW is
 planned from D's plan (D's model, spacing, normalization and image size; NEW's own labels and
@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="data augmentation worker processes (0: in-process; default 2)")
     p.add_argument("--replan", action="store_true",
                    help="replace a plans.json NEW already has (kept as plans.json.bak)")
+    p.add_argument("--full-encoder", action="store_true",
+                   help="also train the image encoder's own weights (default: frozen; its adapters, the decoder "
+                        "and the detail branch learn, as SegmentAnyBone adapts SAM)")
+    p.add_argument("--source-spacing", action="store_true",
+                   help="preprocess NEW at D's in-plane spacing (default: NEW's own median, as its bones have another size)")
     p.add_argument("--no-validation", dest="final_validation", action="store_false",
                    help="skip predicting the validation cases at the end")
     return p
@@ -73,7 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     options = FinetuneOptions(folds=args.folds, n_cases=args.n_cases, stage=args.stage, epochs=args.epochs,
                               iterations_per_epoch=args.iterations_per_epoch, budget_minutes=args.budget_minutes,
                               device=args.device, n_workers=max(0, args.n_workers), n_processes=args.n_processes,
-                              replan=args.replan, final_validation=args.final_validation)
+                              replan=args.replan, final_validation=args.final_validation,
+                              source_spacing=args.source_spacing, full_encoder=args.full_encoder)
     result = finetune(ref, source, options, log=tqdm.write)
     fresh = [n for n, s in result.heads.items() if s is None]
     print(f"output heads: {len(result.heads) - len(fresh)} kept from {source.parent.name}"

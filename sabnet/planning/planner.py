@@ -45,6 +45,13 @@ def choose_input_size(median_side_px: float, smallest: int = INPUT_SIZES[0]) -> 
                              "larger slices are predicted in overlapping tiles")
 
 
+def median_in_plane_spacing(cases: list[dict], slicings: dict[str, CaseSlicing]) -> tuple[float, str]:
+    """The target in-plane spacing (mm): the median over the cases' in-plane axes, and why."""
+    in_plane = [s for c in cases for a, s in enumerate(c["spacing_mm"]) if a != slicings[c["case_id"]].slice_axis]
+    return float(round(np.median(in_plane), 4)), (f"median in-plane spacing of {len(cases)} cases; the through-plane "
+                                                  "spacing is kept (slices are never interpolated for the 2D model)")
+
+
 def normalization_plan(fingerprint: dict) -> tuple[dict[str, NormalizationScheme], str]:
     """MRI: per-image percentile clip and z-score; CT (by channel name): cohort-wide clip."""
     channel_names = " ".join(fingerprint["channel_names"].values()).lower()
@@ -87,10 +94,7 @@ def plan_cohort(fingerprint: dict, *, binary: bool = False, sam_checkpoint: Path
     slicings = {c["case_id"]: slicing_for(g, majority) for c, g in zip(cases, geometries)}
     reasons["cases"] = "each case is sliced along its coarsest axis; isotropic cases follow the majority plane"
 
-    in_plane = [s for c, g in zip(cases, geometries) for a, s in enumerate(c["spacing_mm"]) if a != slicings[c["case_id"]].slice_axis]
-    target = float(round(np.median(in_plane), 4))
-    reasons["target_spacing_mm"] = (f"median in-plane spacing of {len(cases)} cases; the through-plane spacing "
-                                    "is kept (slices are never interpolated for the 2D model)")
+    target, reasons["target_spacing_mm"] = median_in_plane_spacing(cases, slicings)
 
     sides = [max(_in_plane_extent_px(c, slicings[c["case_id"]], target)) for c in cases]
     image_size, reasons["image_size"] = choose_input_size(

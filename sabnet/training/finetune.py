@@ -2,9 +2,10 @@
 
     sab_finetune -d NEW --from D [--cases K]
 
-1. Plan: NEW gets D's plan (`finetune_plan`): D's model, target spacing, normalization, image size,
-   window and depth volume, so D's weights fit and see images as they were trained on; NEW's own
-   fingerprint, case slicings and labels. D with labels background + bone ('binary') merges NEW's
+1. Plan: NEW gets D's plan (`finetune_plan`): D's model, normalization, image size, window and
+   depth volume, so D's weights fit and see images as they were trained on; NEW's own fingerprint,
+   case slicings, labels and in-plane target spacing (its bones have another size; --source-spacing
+   keeps D's). D with labels background + bone ('binary') merges NEW's
    labels into 'bone'; otherwise NEW keeps its declared labels. The schedule is a quarter of D's
    (at least 2 epochs per phase), with a one-epoch warm-up. Written as NEW's plans.json, then NEW is
    preprocessed with it.
@@ -18,6 +19,10 @@
    label embedding zero), since copying another bone's head would make it start as that bone,
    which a softmax then has to unlearn. The decoder trunk, adapters and encoders carry D's
    knowledge either way. Checkpoints record `finetuned_from` (D, fold, checkpoint, plan hash, heads).
+4. What trains: as SegmentAnyBone adapts SAM, D's image encoder stays frozen but for its adapters;
+   the adapters, mask decoder, detail branch and label embeddings learn (`--full-encoder` trains the
+   encoder's own weights too). On 2 hand phantoms this kept more of D's knowledge: 0.654 Dice after
+   3 minutes against 0.631 with the whole encoder training (docs/benchmarks.md, Few-shot).
 
 The result is a normal results folder `<results>/NEW/<variant>_<size>/fold_f` for `sab_predict -d NEW`.
 """
@@ -42,7 +47,7 @@ from sabnet.model.config import ModelConfig
 from sabnet.model.sab_model import SABModel
 from sabnet.paths import DatasetRef
 from sabnet.planning.fingerprint import extract_fingerprint, load_fingerprint, write_fingerprint
-from sabnet.planning.planner import label_plan
+from sabnet.planning.planner import label_plan, median_in_plane_spacing
 from sabnet.planning.plans import PLANS_FILE, Plan, load_plan, save_plan
 from sabnet.planning.slicing import majority_plane, slicing_for
 from sabnet.preprocessing.preprocess_dataset import preprocess_dataset
@@ -76,6 +81,8 @@ class FinetuneOptions:
     n_processes: int = 1
     replan: bool = False
     final_validation: bool = True
+    source_spacing: bool = False
+    full_encoder: bool = False
 
 
 @dataclass
@@ -90,19 +97,29 @@ class FinetuneResult:
 
 
 # ---- the plan ----------------------------------------------------------------------------------
-def finetune_plan(source: Plan, fingerprint: dict, source_folder: Path) -> Plan:
-    """NEW's plan from D's (`source`, trained in `source_folder`) and NEW's fingerprint."""
+def finetune_plan(source: Plan, fingerprint: dict, source_folder: Path, source_spacing: bool = False) -> Plan:
+    """NEW's plan from D's (`source`, trained in `source_folder`) and NEW's fingerprint.
+
+    The in-plane target spacing is NEW's own median (as sab_plan_and_preprocess would pick), since a
+    new body location has bones of another size (hand phalanges at D's knee spacing would lose their
+    detail); `source_spacing` keeps D's instead."""
     cases = fingerprint["cases"]
     geometries = [Geometry.from_dict(c["geometry"]) for c in cases]
+    kept = ("image_size", "variant", "window_size", "normalization", "depth_volume", "batch_size")
     reasons = {k: f"as {source.dataset}: {v}" for k, v in source.reasons.items()
-               if k in ("target_spacing_mm", "image_size", "variant", "window_size", "normalization", "depth_volume",
-                        "batch_size")}
+               if k in kept + (("target_spacing_mm",) if source_spacing else ())}
     reasons["finetuned_from"] = (f"{source.dataset} (plan hash {source.hash()}, model folder {source_folder}): its "
-                                 "model, target spacing, image size, window, normalization and depth volume are kept, "
-                                 "so its trained weights fit and see images as they were trained on")
+                                 "model, image size, window, normalization and depth volume are kept, so its trained "
+                                 "weights fit and see images as they were trained on")
     majority, reasons["majority_plane"] = majority_plane(geometries)
     slicings = {c["case_id"]: slicing_for(g, majority) for c, g in zip(cases, geometries)}
     reasons["cases"] = "each case is sliced along its coarsest axis; isotropic cases follow the majority plane"
+    if source_spacing:
+        target = source.preprocessing.target_spacing_mm
+    else:
+        target, own = median_in_plane_spacing(cases, slicings)
+        reasons["target_spacing_mm"] = (f"{own}; {source.dataset} was trained at "
+                                        f"{source.preprocessing.target_spacing_mm:g} mm (--source-spacing keeps that)")
     model = dict(source.model)
     if source.label_mode == "binary":
         labels, mapping, _ = label_plan(fingerprint["labels"], binary=True)
@@ -122,7 +139,7 @@ def finetune_plan(source: Plan, fingerprint: dict, source_folder: Path) -> Plan:
                        warmup_epochs=min(t.warmup_epochs, 1))
     reasons["training"] = (f"fine-tuning: {EPOCH_FRACTION:g} of {source.dataset}'s epochs per phase (at least "
                            f"{MIN_EPOCHS}), its learning rate and batch size, one warm-up epoch")
-    preprocessing = replace(source.preprocessing, majority_plane=majority, cases=slicings)
+    preprocessing = replace(source.preprocessing, target_spacing_mm=target, majority_plane=majority, cases=slicings)
     return Plan(dataset=fingerprint["dataset"], fingerprint_hash=fingerprint["hash"], labels=labels,
                 label_mapping=mapping, channel_names=fingerprint["channel_names"], preprocessing=preprocessing,
                 model=model, training=training, memory_target_gb=source.memory_target_gb, reasons=reasons,
@@ -260,7 +277,7 @@ def finetune(ref: DatasetRef, source_folder: Path, options: FinetuneOptions, log
         init = {}
         for f in folds:
             init[f], result.heads = _initial_weights(Path(source_folder), f, trained[f], metas[f], source_plan,
-                                                     plan, Path(tmp))
+                                                     plan, Path(tmp), not options.full_encoder)
         training = TrainingOptions(stage=stage, device=options.device, epochs=options.epochs,
                                    iterations_per_epoch=options.iterations_per_epoch, n_workers=options.n_workers,
                                    final_validation=options.final_validation, budget_minutes=options.budget_minutes,
@@ -296,7 +313,7 @@ def _plan(ref: DatasetRef, dataset: RawDataset, source_plan: Plan, source_folder
     if failed:
         raise SabnetError(f"{ref.name}: case {failed[0][0]} cannot be read ({failed[0][1]}); run sab_verify_dataset")
     write_fingerprint(fingerprint, folder)
-    plan = finetune_plan(source_plan, fingerprint, Path(source_folder))
+    plan = finetune_plan(source_plan, fingerprint, Path(source_folder), options.source_spacing)
     path = folder / PLANS_FILE
     reused = False
     if path.is_file() and not options.replan:
@@ -353,7 +370,7 @@ def _split(ref: DatasetRef, dataset: RawDataset, plan: Plan, n_cases: int | None
 
 
 def _initial_weights(source_folder: Path, fold: int, kind: str, meta: dict, source_plan: Plan, plan: Plan,
-                     tmp: Path) -> tuple[InitialWeights, dict[str, str | None]]:
+                     tmp: Path, frozen_encoder: bool) -> tuple[InitialWeights, dict[str, str | None]]:
     fd = source_folder / f"fold_{fold}"
     model, _ = load_checkpoint(fd, kind, source_plan)
     torch.manual_seed(plan.training.seed + fold)
@@ -367,4 +384,4 @@ def _initial_weights(source_folder: Path, fold: int, kind: str, meta: dict, sour
               "sam_checkpoint": meta.get("sam_checkpoint"), "heads": heads,
               "summary": f"{source_plan.dataset} fold {fold} (checkpoint_{kind}); "
                          + (f"fresh output heads for {', '.join(new)}" if new else "every output head kept")}
-    return InitialWeights(path, bool(meta.get("pretrained")), origin), heads
+    return InitialWeights(path, frozen_encoder or bool(meta.get("pretrained")), origin), heads

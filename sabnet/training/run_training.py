@@ -82,7 +82,8 @@ class InitialWeights:
     """Weights a fold's stage 1 starts from instead of random or SAM weights (sab_finetune makes them).
 
     state_file: a state dict that fits the plan's model exactly.
-    pretrained: its SAM encoders are an official checkpoint's, so they stay frozen as in its own training.
+    pretrained: its encoders come pretrained (an official SAM checkpoint's, or the fine-tuning source's),
+        so in stage 1 they stay frozen but for their adapters.
     origin: where the weights come from (JSON-able); every checkpoint of the run records it as `finetuned_from`.
     """
 

@@ -17,9 +17,11 @@ from sabnet.model.config import ModelConfig
 from sabnet.model.sab_model import SABModel
 from sabnet.paths import Roots, resolve_dataset
 from sabnet.phantoms.cohort import make_phantom_dataset
+from sabnet.planning.fingerprint import load_fingerprint
+from sabnet.planning.planner import plan_cohort
 from sabnet.planning.plans import load_plan
 from sabnet.training.checkpoints import load_checkpoint, read_metadata
-from sabnet.training.finetune import choose_cases, few_shot_splits, initial_state, output_names
+from sabnet.training.finetune import choose_cases, few_shot_splits, finetune_plan, initial_state, output_names
 from sabnet.training.layout import results_folder
 from sabnet.training.run_training import TrainingOptions, train
 
@@ -47,6 +49,7 @@ def hip(tmp_path_factory):
     """NEW: three hip subjects (femur is a label the knee has too; pelvis is not) and one test case."""
     return make_phantom_dataset(tmp_path_factory.mktemp("finetune_new"), locations=("hip",), sequences=("T1",),
                                 n_cases=3, n_test_cases=1, seed=21, planes=("coronal",), in_plane_size=64,
+                                in_plane_spacing_mm=(1.3, 1.5),
                                 n_slices=8, dataset_name=NEW)
 
 
@@ -61,10 +64,16 @@ def test_finetune_writes_a_results_folder_that_predicts(source, hip, roots, tmp_
     out = capsys.readouterr().out
     new, d_plan = resolve_dataset(str(hip)), load_plan(roots.results / SOURCE / "sab_tiny_64")
 
-    # NEW's plan: D's model, spacing, normalization and depth volume; NEW's labels and slicing
+    # NEW's plan: D's model, normalization and depth volume; NEW's labels, slicing and in-plane
+    # spacing (the one sab_plan_and_preprocess would pick for NEW; --source-spacing keeps D's)
     plan = load_plan(new.preprocessed_dir)
     assert SOURCE in plan.reasons["finetuned_from"] and d_plan.hash() in plan.reasons["finetuned_from"]
-    assert plan.preprocessing.target_spacing_mm == d_plan.preprocessing.target_spacing_mm
+    fingerprint = load_fingerprint(new.preprocessed_dir)
+    own_spacing = plan_cohort(fingerprint).preprocessing.target_spacing_mm
+    assert plan.preprocessing.target_spacing_mm == own_spacing != d_plan.preprocessing.target_spacing_mm
+    kept = finetune_plan(d_plan, fingerprint, roots.results / SOURCE / "sab_tiny_64", source_spacing=True)
+    assert kept.preprocessing.target_spacing_mm == d_plan.preprocessing.target_spacing_mm
+    assert kept.preprocessing.cases == plan.preprocessing.cases and kept.model == plan.model
     assert plan.preprocessing.normalization == d_plan.preprocessing.normalization
     assert plan.preprocessing.depth_volume == d_plan.preprocessing.depth_volume
     assert sorted(plan.preprocessing.cases) == [f"phantom_{i:03d}" for i in range(3)]
@@ -90,14 +99,17 @@ def test_finetune_writes_a_results_folder_that_predicts(source, hip, roots, tmp_
     assert "fresh for pelvis" in out and "sab_predict -d" in out
     assert f"starting from {SOURCE} fold 0" in (fold / "training_log.txt").read_text()
 
-    # training started from D: after 2 steps its weights lie far nearer D's than a fresh model's
+    # training started from D; D's encoder stayed frozen but for its adapters, the decoder learned
     d_model, _ = load_checkpoint(roots.results / SOURCE / "sab_tiny_64" / "fold_0", "final", d_plan)
     new_model, _ = load_checkpoint(fold, "final", plan)
-    key = "image_encoder.blocks.1.mlp.lin1.weight"
+    d_state, new_state = d_model.state_dict(), new_model.state_dict()
     torch.manual_seed(0)
-    fresh = SABModel(ModelConfig.from_dict(plan.model)).state_dict()[key]
-    d_weights = d_model.state_dict()[key]
-    assert (new_model.state_dict()[key] - d_weights).norm() < 0.1 * (fresh - d_weights).norm()
+    fresh = SABModel(ModelConfig.from_dict(plan.model)).state_dict()
+    for key in ("image_encoder.blocks.1.mlp.lin1.weight", "image_encoder.patch_embed.proj.weight"):
+        assert torch.equal(new_state[key], d_state[key]) and not torch.equal(fresh[key], d_state[key])
+    adapter = next(k for k in d_state if k.startswith("image_encoder.") and "adapter" in k)
+    for key in (adapter, "mask_decoder.output_upscaling.0.weight"):
+        assert not torch.equal(new_state[key], d_state[key]), key
 
     # sab_predict -d NEW uses it unchanged; label maps on the inputs' exact grid
     assert sab_predict(["-i", str(hip / "imagesTs"), "-o", str(tmp_path / "pred"), "-d", str(hip)]) == 0
@@ -106,6 +118,17 @@ def test_finetune_writes_a_results_folder_that_predicts(source, hip, roots, tmp_
         assert not read_geometry(written).differences(read_geometry(image), spacing_rtol=1e-6, origin_atol_mm=1e-5,
                                                       direction_atol=1e-6)
         assert set(np.unique(read_image(written)[0])) <= set(plan.labels.values())
+
+
+def test_full_encoder_trains_the_encoders_own_weights_too(source, hip, roots):
+    assert sab_finetune(["-d", str(hip), "--from", str(source[0]), "--cases", "2", "--full-encoder",
+                         "--no-validation", *SHORT]) == 0
+    new = resolve_dataset(str(hip))
+    plan, d_plan = load_plan(new.preprocessed_dir), load_plan(roots.results / SOURCE / "sab_tiny_64")
+    d_model, _ = load_checkpoint(roots.results / SOURCE / "sab_tiny_64" / "fold_0", "final", d_plan)
+    new_model, _ = load_checkpoint(results_folder(new, plan) / "fold_0", "final", plan)
+    key = "image_encoder.blocks.1.mlp.lin1.weight"
+    assert not torch.equal(new_model.state_dict()[key], d_model.state_dict()[key])
 
 
 def test_initial_state_keeps_shared_heads_and_starts_new_labels_fresh(source, roots):
