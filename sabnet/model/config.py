@@ -76,8 +76,6 @@ class ModelConfig:
     decoder_adapters: adapters in the mask decoder's two-way transformer blocks.
     detail_channels: width of the detail branch, a small CNN that adds the image's fine structure
         to the decoder at mask resolution (0: no branch, the decoder sees only the embedding).
-    mask_resolution: logits per token side: 4 is SAM's (logits 4g x 4g); 8 paints them at 8g x 8g
-        (S/2 with patch 16), the detail branch adding its features at that resolution (needs it).
     depth_volume_shape: (D, H, W) voxels of the low-resolution volume the depth net reads.
     depth_channels: feature channels per level of the 3D U-Net (its length is the number of levels).
     depth_threshold: probabilities below it are zeroed before building slice attention maps.
@@ -106,7 +104,6 @@ class ModelConfig:
     adapter_scale: float = 0.5
     decoder_adapters: bool = True
     detail_channels: int = 8
-    mask_resolution: int = 4
     depth_volume_shape: list[int] = field(default_factory=lambda: [32, 64, 64])
     depth_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     depth_threshold: float = 0.5
@@ -136,13 +133,8 @@ class ModelConfig:
 
     @property
     def mask_size(self) -> int:
-        """Side of a dense mask prompt, in pixels (4 * S / p, as SAM's mask encoder reads)."""
+        """Side of the decoder's logits, in pixels (4 * S / p)."""
         return 4 * self.grid_size
-
-    @property
-    def logit_size(self) -> int:
-        """Side of the decoder's logits, in pixels (mask_resolution * S / p)."""
-        return self.mask_resolution * self.grid_size
 
     def adapter_block_indices(self) -> list[int]:
         """Encoder block indices that carry adapters."""
@@ -203,9 +195,5 @@ class ModelConfig:
             bad(f"adapter_ratio {self.adapter_ratio} must be in (0, 1]")
         if len(self.depth_volume_shape) != 3 or min(self.depth_volume_shape) < 1 or not self.depth_channels:
             bad("depth_volume_shape needs 3 positive sizes (D, H, W) and depth_channels at least one level")
-        if self.mask_resolution not in (4, 8) or (self.mask_resolution == 8 and not self.detail_channels):
-            bad(f"mask_resolution {self.mask_resolution} must be 4 (SAM's) or 8 (needs detail_channels > 0)")
-        if self.mask_resolution > self.patch_size:
-            bad(f"mask_resolution {self.mask_resolution} exceeds patch_size {self.patch_size} (logits finer than pixels)")
         if not 0 <= self.depth_threshold < 1 or self.depth_neighbourhood_slices < 0:
             bad("depth_threshold must be in [0, 1) and depth_neighbourhood_slices >= 0")

@@ -2,9 +2,8 @@
 
 SAM's decoder paints masks at 4x the token grid from the image embedding alone, so everything it
 knows about an edge comes through 16 x 16 pixel tokens. The detail branch computes a few feature
-maps from the input at the mask resolution (4g x 4g, or 8g x 8g with mask_resolution 8) and adds
-them to the decoder's upscaled embedding (bilinearly enlarged to that size) before the per-class
-dot products, as HQ-SAM fuses early features. Its last
+maps from the input at the decoder's mask resolution (4g x 4g) and adds them to the decoder's
+upscaled embedding before the per-class dot products, as HQ-SAM fuses early features. Its last
 convolution starts at zero, so a model with a pretrained SAM starts out as SAM. It costs a few
 percent of even the smallest encoder and speeds up learning of precise bone borders.
 """
@@ -24,7 +23,7 @@ class ImageEmbeddings:
     """What the encoder computes once per slice and the decoder reuses for every prompt.
 
     embedding: (B, E, g, g) the ViT's image embedding.
-    detail: (B, E/8, rg, rg) the detail branch's features (r = mask_resolution), or None.
+    detail: (B, E/8, 4g, 4g) the detail branch's features, or None without the branch.
     """
 
     embedding: Tensor
@@ -52,8 +51,8 @@ def _conv_block(in_channels: int, out_channels: int, stride: int = 1, n_convs: i
 
 
 class DetailBranch(nn.Module):
-    """Image (B, 3, S, S) -> features (B, out_channels, S/f, S/f), f = patch_size / mask_resolution
-    (pixels per logit: 4 for SAM's masks with patch 16, 2 with mask_resolution 8).
+    """Image (B, 3, S, S) -> features (B, out_channels, S/f, S/f), f = patch_size / 4 (the mask
+    resolution).
 
     A small U-Net: stride-2 blocks from S/2 down to the token grid S/patch_size (widths w, 2w, 4w,
     4w, ...), then upsampling blocks with skip connections back to the mask resolution, so each
@@ -62,10 +61,10 @@ class DetailBranch(nn.Module):
     out exactly as SAM.
     """
 
-    def __init__(self, patch_size: int, width: int, out_channels: int, mask_resolution: int = 4) -> None:
+    def __init__(self, patch_size: int, width: int, out_channels: int) -> None:
         super().__init__()
         n_down = int(math.log2(patch_size))  # S -> S/patch_size
-        self.n_up = n_down - int(math.log2(max(1, patch_size // mask_resolution)))  # back to the logits' size
+        self.n_up = n_down - int(math.log2(max(1, patch_size // 4)))  # back to S/(patch_size/4)
         widths = [width * min(2 ** i, 4) for i in range(n_down)]
         self.down = nn.ModuleList()
         channels = 3

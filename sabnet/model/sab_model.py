@@ -12,7 +12,7 @@ Split use, as prediction does it:
     emb = model.encode(images)                             # ImageEmbeddings: (B, E, g, g), g = S / p
     prob = model.depth_probabilities(low_res_volume)       # once per case: (1, 1, D, H, W)
     att = model.slice_attention(prob, positions, (h, w))   # (B, 1, h, w) for slices of h x w pixels
-    logits = model.decode(emb, prompts, pad_to_input(att, S))  # (B, n_outputs, rg, rg)
+    logits = model.decode(emb, prompts, pad_to_input(att, S))  # (B, n_outputs, 4g, 4g)
     logits = model.upsample_logits(logits, (h, w))         # (B, n_outputs, h, w)
 `attention=None` is 2D mode: no fusion and no 3D compute.
 """
@@ -75,14 +75,12 @@ class SABModel(nn.Module):
         self.depth_net = DepthNet(config.depth_channels, config.depth_volume_shape, grid)
         self.depth_fusion = DepthFusion(dim)
         if config.detail_channels:
-            self.detail_branch = DetailBranch(config.patch_size, config.detail_channels, dim // 8,
-                                              config.mask_resolution)
+            self.detail_branch = DetailBranch(config.patch_size, config.detail_channels, dim // 8)
         self.checkpoint_report: CheckpointReport | None = None  # set by build_model
 
     # ---- the split API ---------------------------------------------------------------------
     def encode(self, images: Tensor) -> ImageEmbeddings:
-        """Slices (B, C_in, S, S) -> image embeddings (B, E, g, g) and detail features (B, E/8, rg, rg),
-        r = mask_resolution."""
+        """Slices (B, C_in, S, S) -> image embeddings (B, E, g, g) and detail features (B, E/8, 4g, 4g)."""
         c, s = self.config.in_channels, self.config.image_size
         if images.dim() != 4 or images.shape[1] != c or tuple(images.shape[2:]) != (s, s):
             raise ValueError(f"images must be (B, {c}, {s}, {s}), got {tuple(images.shape)}; pad slices with pad_to_input")
@@ -106,7 +104,7 @@ class SABModel(nn.Module):
     def decode(self, embeddings: ImageEmbeddings | Tensor, prompts: Prompts | None = None,
                attention: Tensor | None = None, label: Tensor | None = None) -> Tensor:
         """Embeddings (from `encode`; a bare (B, E, g, g) tensor means no detail features) -> logits
-        (B, n_outputs, rg, rg), r = mask_resolution (4g without detail features).
+        (B, n_outputs, 4g, 4g).
 
         prompts: None for automatic mode; `label` (B,) then says which label is asked for (default 0,
             all). With prompts, their own `label` is used.
@@ -135,7 +133,7 @@ class SABModel(nn.Module):
         return self.upsample_logits(self.decode(self.encode(images), prompts, attention), output_size)
 
     def upsample_logits(self, logits: Tensor, output_size: tuple[int, int] | None = None) -> Tensor:
-        """Logits (B, n, rg, rg) -> (B, n, S, S) bilinearly, then cropped to the top-left (h, w), the
+        """Logits (B, n, 4g, 4g) -> (B, n, S, S) bilinearly, then cropped to the top-left (h, w), the
         slice's own pixels, when `output_size` = (h, w) is given."""
         s = self.config.image_size
         if output_size is not None and max(output_size) > s:
@@ -197,8 +195,6 @@ class SABModel(nn.Module):
         mask_tokens = hs[:, 1: 1 + dec.num_mask_tokens]
         upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(batch, dim, grid, grid))
         if detail is not None:
-            if detail.shape[-1] != upscaled.shape[-1]:  # mask_resolution 8: paint the masks at 8g
-                upscaled = F.interpolate(upscaled, size=detail.shape[-2:], mode="bilinear", align_corners=False)
             upscaled = upscaled + detail
         weights = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
         return torch.einsum("bnc,bchw->bnhw", weights, upscaled)

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from sabnet.errors import SabnetError
 from sabnet.model.config import ModelConfig
 from sabnet.model.depth_branch import pad_to_input
 from sabnet.model.prompts import Prompts
@@ -37,28 +36,10 @@ def test_forward_shapes_on_cpu(variant, size):
         logits = model.decode(embeddings)
         full = model.upsample_logits(logits, (size - 30, size - 7))
     assert embeddings.embedding.shape == (1, config.prompt_embed_dim, grid, grid)
-    r = config.mask_resolution
-    assert embeddings.detail.shape == (1, config.prompt_embed_dim // 8, r * grid, r * grid)
-    assert logits.shape == (1, 3, r * grid, r * grid) and config.logit_size == r * grid
+    assert embeddings.detail.shape == (1, config.prompt_embed_dim // 8, 4 * grid, 4 * grid)
+    assert logits.shape == (1, 3, 4 * grid, 4 * grid)
     assert full.shape == (1, 3, size - 30, size - 7)
     assert torch.isfinite(full).all()
-
-
-def test_mask_resolution_8_paints_logits_at_twice_sams_resolution_and_needs_the_detail_branch():
-    coarse, fine = small_model(mask_resolution=4), small_model(mask_resolution=8)
-    image = torch.randn(2, 1, 128, 128)
-    with torch.no_grad():
-        embeddings = fine.encode(image)
-        logits = fine.decode(embeddings)
-        full = fine(image)
-    assert embeddings.detail.shape[-2:] == (64, 64) and logits.shape == (2, 2, 64, 64)
-    assert full.shape == (2, 2, 128, 128) and torch.isfinite(full).all()
-    # the dense mask prompt keeps SAM's 4g size whatever the logits' resolution
-    assert fine.config.mask_size == coarse.config.mask_size == 32
-    # the detail branch has one more upsampling level (to S/2), fed by its first (S/2) features
-    assert len(fine.detail_branch.up) == len(coarse.detail_branch.up) + 1
-    with pytest.raises(SabnetError, match="mask_resolution 8"):
-        ModelConfig.for_variant("sab_tiny", 128, mask_resolution=8, detail_channels=0)
 
 
 @pytest.mark.parametrize("variant, forward_sizes", [("vit_b", (512, 1024)), ("vit_l", (1024,)), ("vit_h", (1024,))])
