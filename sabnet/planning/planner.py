@@ -6,13 +6,12 @@ from a memory target, and the label mode.
 """
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from sabnet.io.geometry import Geometry
-from sabnet.model.config import SAM_VARIANTS, VARIANTS, ModelConfig
+from sabnet.model.config import SAM_VARIANTS, ModelConfig
 from sabnet.planning.memory import model_memory_gb, sample_memory_gb
 from sabnet.planning.plans import (CaseSlicing, DepthVolumePlan, NormalizationScheme, Plan, PreprocessingPlan,
                                    TrainingPlan)
