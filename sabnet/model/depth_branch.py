@@ -14,8 +14,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
+
+from sabnet.model.channel_norm import ChannelLayerNorm
 
 MIN_POOLED_VOXELS = 4  # an axis is not halved below this many voxels
 
@@ -161,7 +162,7 @@ class DepthFusion(nn.Module):
         hidden = hidden or max(8, embed_dim // 4)
         self.block = nn.Sequential(
             nn.Conv2d(embed_dim + 1, hidden, 3, padding=1),
-            LayerNorm2d(hidden),
+            ChannelLayerNorm(hidden),
             nn.GELU(),
             nn.Conv2d(hidden, embed_dim, 1),
         )

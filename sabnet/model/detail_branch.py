@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from sabnet.model.channel_norm import ChannelLayerNorm
 
 
 @dataclass
@@ -42,11 +43,11 @@ class ImageEmbeddings:
 
 
 def _conv_block(in_channels: int, out_channels: int, stride: int = 1, n_convs: int = 2) -> nn.Sequential:
-    """n_convs x (3x3 convolution, LayerNorm2d, GELU); the first one has the given stride."""
+    """n_convs x (3x3 convolution, channel LayerNorm, GELU); the first one has the given stride."""
     layers: list[nn.Module] = []
     for i in range(n_convs):
         layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3,
-                             stride=stride if i == 0 else 1, padding=1), LayerNorm2d(out_channels), nn.GELU()]
+                             stride=stride if i == 0 else 1, padding=1), ChannelLayerNorm(out_channels), nn.GELU()]
     return nn.Sequential(*layers)
 
 

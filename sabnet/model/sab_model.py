@@ -27,6 +27,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import Tensor, nn
 
 from sabnet.model.adapters import add_adapters, is_adapter_parameter
+from sabnet.model.channel_norm import use_fused_channel_norms
 from sabnet.model.checkpoint import CheckpointReport, load_sam_checkpoint
 from sabnet.model.config import ModelConfig
 from sabnet.model.detail_branch import DetailBranch, ImageEmbeddings
@@ -76,6 +77,7 @@ class SABModel(nn.Module):
         self.depth_fusion = DepthFusion(dim)
         if config.detail_channels:
             self.detail_branch = DetailBranch(config.patch_size, config.detail_channels, dim // 8)
+        use_fused_channel_norms(self)  # SAM's neck and decoder upscaling: the same norm, one kernel
         self.checkpoint_report: CheckpointReport | None = None  # set by build_model
 
     # ---- the split API ---------------------------------------------------------------------

@@ -30,7 +30,8 @@ def test_encoder_with_fresh_adapters_equals_segment_anythings_encoder():
     plain.load_state_dict(sam_weights, strict=True)  # same names, nothing missing or extra
     images = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        torch.testing.assert_close(model.image_encoder(images), plain(images), rtol=0, atol=1e-6)
+        # to float rounding: the neck's channel LayerNorm is one fused kernel here (ChannelLayerNorm)
+        torch.testing.assert_close(model.image_encoder(images), plain(images), rtol=0, atol=1e-5)
         model.image_encoder.blocks[2].adapter_mlp.up.weight.normal_()
         assert not torch.allclose(model.image_encoder(images), plain(images), atol=1e-3)
     assert not any(is_adapter_parameter(k) for k in model.image_encoder.blocks[1].state_dict())
