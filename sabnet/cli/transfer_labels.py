@@ -2,7 +2,7 @@
 
 One pair:
     sab_transfer_labels --fixed T2.nii.gz --moving T1.nii.gz --labels T1_labels.nii.gz -o T2_labels.nii.gz
-        [--min-quality 0.2] [--save-transform T2_to_T1.tfm] [--truth T2_truth.nii.gz]
+        [--min-quality 0.2] [--save-transform T2_to_T1.tfm] [--truth T2_truth.nii.gz] [--no-refine]
 A cohort (nnU-Net raw layout, pairs matched by case_metadata subject and location, or listed):
     sab_transfer_labels -d DATASET --from-sequence T1 --to-sequence T2 [--out-dir DIR] [--overwrite]
     sab_transfer_labels -d DATASET --pairs pairs.json           # [{"moving": case, "fixed": case}, ...]
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-quality", type=float, default=DEFAULT_MIN_QUALITY,
                    help=f"refuse (write nothing) below this quality (default {DEFAULT_MIN_QUALITY})")
     p.add_argument("--rigid-only", action="store_true", help="skip the affine stage")
+    p.add_argument("--no-refine", action="store_true",
+                   help="write the labels as carried, without refining them on the fixed image's own intensities "
+                        "(one pair only)")
     return p
 
 
@@ -78,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         raise SabnetError(f"one pair needs --fixed, --moving, --labels and -o (missing --{missing[0]}); "
                           "or give -d DATASET for a cohort")
     result = transfer_labels(args.fixed, args.moving, args.labels, args.output, min_quality=args.min_quality,
-                             truth_labels=args.truth, save_transform=args.save_transform, affine=not args.rigid_only)
+                             truth_labels=args.truth, save_transform=args.save_transform, affine=not args.rigid_only,
+                             refine=not args.no_refine)
     q = result.quality
     worst = min(q.bone_sharpness, key=q.bone_sharpness.get, default=None)
     print(f"quality {q.value:.2f} (all bones {q.sharpness:.2f}"
@@ -86,8 +90,11 @@ def _run(args: argparse.Namespace) -> int:
           + f"; nmi {q.nmi:.3f}); {result.registration.stage} "
           f"registration from {result.registration.start} coordinates; moving image covers "
           f"{100 * result.coverage:.0f}% of the fixed body")
+    if not args.no_refine:
+        print(f"refinement on the fixed image changed {result.refined_voxels} voxel(s)")
     if result.dice:
-        print("Dice against --truth: " + ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()))
+        print("Dice against --truth: " + ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items())
+              + ("" if args.no_refine else f" (before refinement: all {result.dice_carried['all']:.3f})"))
     if not result.written:
         note = f"; existing {args.output} left as it was" if args.output.exists() else ""
         print(f"refused: {result.reason}; nothing written{note}")
@@ -112,7 +119,8 @@ def _run_cohort(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or dataset.root / "labelsTr"
     print(f"{ref.name}: {len(pairs)} pair(s) to transfer, {len(skipped)} subject(s) skipped; labels to {out_dir}")
     table = transfer_cohort(dataset, pairs, report, out_dir=out_dir, min_quality=args.min_quality,
-                            overwrite=args.overwrite, transforms_dir=args.save_transforms, skipped=skipped)
+                            overwrite=args.overwrite, transforms_dir=args.save_transforms, skipped=skipped,
+                            refine=not args.no_refine)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     print(", ".join(f"{n} {status}" for status, n in counts.items()) or "nothing to do")
     for _, row in table[table["status"].isin([REFUSED, SKIPPED])].iterrows():

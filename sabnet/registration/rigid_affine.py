@@ -137,12 +137,14 @@ def mask_centre_mm(mask: sitk.Image) -> np.ndarray:
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, affine: bool = True, start: str = "scanner",
-             seed: int = 1) -> Registration:
+             seed: int = 1, flattened: tuple[sitk.Image, sitk.Image] | None = None) -> Registration:
     """Register `moving` to `fixed` (both 3D scalar images); see the module docstring.
 
     start: "scanner" starts from the identity in world coordinates (sequences of one exam);
         "centres" from the translation that matches the centres of the two bodies (headers whose
         origins disagree). `seed` fixes the random metric samples, so a run is repeatable.
+    flattened: (fixed, moving) already divided by their bias fields (`flatten_bias` inside their
+        `body_mask`), when the caller has them: N4 is then not run again.
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
@@ -153,7 +155,10 @@ def register(fixed: sitk.Image, moving: sitk.Image, affine: bool = True, start: 
     n_mask = int(np.count_nonzero(sitk.GetArrayViewFromImage(metric_mask)))
     centre = mask_centre_mm(fixed_body)
     offset_mm = mask_centre_mm(moving_body) - centre if start == "centres" else np.zeros(3)
-    fixed, moving = flatten_bias(fixed, fixed_body), flatten_bias(moving, moving_body)
+    if flattened is None:
+        fixed, moving = flatten_bias(fixed, fixed_body), flatten_bias(moving, moving_body)
+    else:
+        fixed, moving = (sitk.Cast(image, sitk.sitkFloat32) for image in flattened)
 
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(centre.tolist())

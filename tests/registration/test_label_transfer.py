@@ -270,6 +270,7 @@ def test_cohort_writes_missing_labels_checks_existing_ones_and_refuses_wrong_pai
     assert "below the minimum" in refused.reason
     assert checked.status == "checked (labels exist)" and checked.quality >= DEFAULT_MIN_QUALITY
     assert checked.dice_all >= 0.95 and min(checked[c] for c in report.columns if c.startswith("dice_")) > 0.8
+    assert written.refined_voxels > 0 and checked.refined_voxels > 0   # refined on the fixed image by default
     # labels that exist are never overwritten; the written ones are in labelsTr, with their transform
     assert np.array_equal(read_image(dataset / "labelsTr" / f"{knee['second']}.nii.gz")[0],
                           read_image(_labels(source, knee["second"]))[0])
@@ -280,3 +281,14 @@ def test_cohort_writes_missing_labels_checks_existing_ones_and_refuses_wrong_pai
           {k: round(v, 3) for k, v in ceiling.items()})
     for bone, value in dice.items():        # small bones on 4 mm slices: within 0.02 of the true motion
         assert value >= min(0.95, ceiling[bone] - 0.02), (bone, value, ceiling[bone])
+
+
+def test_cohort_without_refinement_writes_the_labels_as_carried(phantoms, tmp_path, capsys):
+    source, truth = phantoms
+    knee = truth["pairs"][2]
+    (tmp_path / "pairs.json").write_text(json.dumps([{"moving": knee["first"], "fixed": knee["second"]}]))
+    report = tmp_path / "report.csv"
+    assert main(["-d", str(source), "--pairs", str(tmp_path / "pairs.json"), "--rigid-only", "--no-refine",
+                 "--report", str(report)]) == 0
+    row = pd.read_csv(report).iloc[0]
+    assert row.status == "checked (labels exist)" and row.refined_voxels == 0 and row.dice_all >= 0.95
