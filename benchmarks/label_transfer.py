@@ -105,7 +105,8 @@ def _run(dataset: Path, truth: dict, moving_case: str, fixed_case: str, kind: st
            "carried_dice_all": result.dice_carried["all"],
            "carried_dice_worst_bone": min(carried_bones) if carried_bones else np.nan,
            "refined_voxels": result.refined_voxels,
-           "volume_ratio": sum(result.labels.values()) / true_volume,      # labels lie where the moving image covers
+           "volume_ratio": np.count_nonzero((sitk.GetArrayViewFromImage(sitk.ReadImage(str(dataset / "out.nii.gz"))) > 0)
+                                            & covered) / true_volume,
            "carried_volume_ratio": np.count_nonzero((carried > 0) & covered) / true_volume}
     if pair is not None:
         ceiling = _ceiling(fixed_image, moving_image, moving_labels, fixed_truth, pair)

@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replan", action="store_true",
                    help="replace a plans.json NEW already has (kept as plans.json.bak)")
     p.add_argument("--full-encoder", action="store_true",
-                   help="also train the image encoder's own weights (default: frozen; its adapters, the decoder "
-                        "and the detail branch learn, as SegmentAnyBone adapts SAM)")
+                   help="also train the image and prompt encoders' own weights (default: frozen; the image "
+                        "encoder's adapters, the decoder and the detail branch learn, as SegmentAnyBone adapts SAM)")
     p.add_argument("--source-spacing", action="store_true",
                    help="preprocess NEW at D's in-plane spacing (default: NEW's own median, as its bones have another size)")
     p.add_argument("--no-validation", dest="final_validation", action="store_false",

@@ -64,8 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"refuse (write nothing) below this quality (default {DEFAULT_MIN_QUALITY})")
     p.add_argument("--rigid-only", action="store_true", help="skip the affine stage")
     p.add_argument("--no-refine", action="store_true",
-                   help="write the labels as carried, without refining them on the fixed image's own intensities "
-                        "(one pair only)")
+                   help="write the labels as carried, without refining them on the fixed image's own intensities")
     return p
 
 

@@ -37,7 +37,7 @@ the all-bones Dice went from a mean of 0.962 to 0.971 at 128 px (pairs >= 0.95: 
 -0.0009 to +0.030) and 0.960 to 0.968 at 256 px (14 -> 18; +0.0004 to +0.027), past what carrying
 with the true motion reaches on all but the spines (gains there: 0.000-0.007; vertebral labels end
 where unlabelled posterior elements begin, with no edge to see). The pairs still below 0.95 are
-hands (small bones; true-motion carrying gives 0.89-0.95). Bone volume / true volume went from 0.991 to 1.008 (128 px) and 0.994 to
+hands (small bones; true-motion carrying gives 0.89-0.95). Bone volume / true volume went from 0.990 to 1.008 (128 px) and 0.994 to
 1.010 (256 px), hands up to 1.037; with `MARGIN` 1.5 it stays at 1.000 / 1.003 for a mean Dice of
 0.969 / 0.967 (17 pairs >= 0.95 at either size). 0.04 s per pair at 128 px, 0.16 s at 256 (median).
 """

@@ -158,8 +158,8 @@ def _resampled_share(mask: np.ndarray, like: sitk.Image, reference: sitk.Image, 
     crop.SetDirection(like.GetDirection())
     crop.SetOrigin(like.TransformIndexToPhysicalPoint([int(i) for i in lo[::-1]]))
     box = _reached_box(crop, reference, transform) if outside == 0.0 else whole
-    if box is None:
-        return whole, np.zeros(shape, dtype=np.float32)
+    if box is None:                     # the label lies outside the reference's field of view
+        return (slice(0, 0),) * 3, np.zeros((0, 0, 0), dtype=np.float32)
     target = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkFloat32)
     target.SetSpacing(reference.GetSpacing())
     target.SetDirection(reference.GetDirection())

@@ -19,9 +19,9 @@
    label embedding zero), since copying another bone's head would make it start as that bone,
    which a softmax then has to unlearn. The decoder trunk, adapters and encoders carry D's
    knowledge either way. Checkpoints record `finetuned_from` (D, fold, checkpoint, plan hash, heads).
-4. What trains: as SegmentAnyBone adapts SAM, D's image encoder stays frozen but for its adapters;
-   the adapters, mask decoder, detail branch and label embeddings learn (`--full-encoder` trains the
-   encoder's own weights too). On 2 hand phantoms this kept more of D's knowledge: 0.654 Dice after
+4. What trains: as SegmentAnyBone adapts SAM, D's image encoder stays frozen but for its adapters,
+   and so does its prompt encoder; the adapters, mask decoder, detail branch and label embeddings
+   learn (`--full-encoder` trains both encoders too, whether D started from a SAM checkpoint or not). On 2 hand phantoms this kept more of D's knowledge: 0.654 Dice after
    3 minutes against 0.631 with the whole encoder training (docs/benchmarks.md, Few-shot).
 
 The result is a normal results folder `<results>/NEW/<variant>_<size>/fold_f` for `sab_predict -d NEW`.
@@ -320,7 +320,8 @@ def _plan(ref: DatasetRef, dataset: RawDataset, source_plan: Plan, source_folder
         existing = load_plan(folder)
         if _without_training(existing) != _without_training(plan):
             raise SabnetError(f"{path}: {ref.name} already has another plan; fine-tuning from {source_plan.dataset} "
-                              "plans it anew: re-run with --replan (the old plan is kept as plans.json.bak)")
+                              "plans it anew: re-run with --replan (the old plan is kept as plans.json.bak), or "
+                              "with --source-spacing if the old plan was made at the source's spacing")
         plan, reused = existing, True
         log(f"plan: {path} (kept: it is the fine-tuning plan from {source_plan.dataset}; its schedule as edited)")
     else:
@@ -384,4 +385,4 @@ def _initial_weights(source_folder: Path, fold: int, kind: str, meta: dict, sour
               "sam_checkpoint": meta.get("sam_checkpoint"), "heads": heads,
               "summary": f"{source_plan.dataset} fold {fold} (checkpoint_{kind}); "
                          + (f"fresh output heads for {', '.join(new)}" if new else "every output head kept")}
-    return InitialWeights(path, frozen_encoder or bool(meta.get("pretrained")), origin), heads
+    return InitialWeights(path, frozen_encoder, origin), heads

@@ -42,7 +42,8 @@ class SlicePhase:
     attention_dir: stage 2's per-case bone probability volumes (fusion only); the loader turns
     them into each slice's attention map.
     n_workers: augmentation worker processes (0: in this process).
-    pretrained: the model started from a SAM checkpoint (its encoders stay frozen).
+    pretrained: the model's encoders came pretrained (a SAM checkpoint, or sab_finetune's source):
+        they stay frozen but for the image encoder's adapters.
     """
 
     tracks_best = True

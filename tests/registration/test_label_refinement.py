@@ -110,3 +110,19 @@ def test_labels_carried_without_doubt_are_left_alone():
     shares = carried_shares(labels, fixed, IDENTITY)                # same grid: every share is 0 or 1
     image = _fixed_image(fixed, noise=0.1)                           # even a noisy image changes nothing
     assert np.array_equal(refine_labels(image, labels_from_shares(shares, np.uint8), shares, (3.0, 1.0, 1.0)), truth)
+
+
+def test_a_label_outside_the_fixed_field_of_view_takes_no_memory_and_is_left_out():
+    moving = _grid((40, 40, 40), (2.0, 2.0, 2.0))          # +-39 mm
+    fixed = _grid((12, 12, 12), (1.0, 1.0, 1.0))           # +-5.5 mm
+    labels = np.zeros(Geometry.of(moving).shape, np.uint8)
+    labels[18:22, 18:22, 18:22] = 1                        # around the centre: inside the fixed grid
+    labels[34:38, 34:38, 34:38] = 2                        # about 30 mm off: outside it
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(moving)
+    shares = carried_shares(image, fixed, IDENTITY)
+    assert shares[2][1].size == 0 and shares[1][1].size > 0
+    carried = labels_from_shares(shares, np.uint8)
+    assert set(np.unique(carried)) == {0, 1}
+    refined = refine_labels(np.zeros(carried.shape, np.float32), carried, shares, (1.0, 1.0, 1.0))
+    assert np.array_equal(refined, carried)

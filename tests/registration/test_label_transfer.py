@@ -276,6 +276,12 @@ def test_cohort_writes_missing_labels_checks_existing_ones_and_refuses_wrong_pai
                           read_image(_labels(source, knee["second"]))[0])
     assert sorted(p.name for p in (tmp_path / "tfm").iterdir()) == [f"{hand['second']}.tfm"]
     carried = read_image(dataset / "labelsTr" / f"{hand['second']}.nii.gz")[0]
+    # what was written is the refined map: it differs from the labels carried by the saved transform
+    # in exactly the voxels the report says refinement changed
+    as_carried = carry_labels(sitk.ReadImage(str(_labels(source, hand["first"]))),
+                              sitk.ReadImage(str(_image(dataset, hand["second"]))),
+                              sitk.ReadTransform(str(tmp_path / "tfm" / f"{hand['second']}.tfm")))
+    assert np.count_nonzero(carried != as_carried) == written.refined_voxels > 0
     dice, ceiling = _dice_and_ceiling(source, hand, carried)
     print("hand T1->T2 Dice", {k: round(v, 3) for k, v in dice.items()}, "ceiling",
           {k: round(v, 3) for k, v in ceiling.items()})

@@ -49,6 +49,13 @@ def test_schedule_warms_up_then_decays_to_zero_per_iteration():
         scheduler.step()
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 0.1e-3
+    # on the CPU the fused kernel; a plain optimizer's saved state (an older checkpoint) loads into it
+    assert optimizer.param_groups[0]["fused"]
+    plain = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    plain.step()
+    fused, _ = make_optimizer([torch.nn.Parameter(torch.zeros(1))], schedule)
+    fused.load_state_dict(plain.state_dict())
+    fused.step()
     # a run too short for the planned warm-up warms up over at most half of it
     assert Schedule(2, 4, 2, 1e-3, 0.01, warmup_epochs=5).warmup_epochs == 1
     assert Schedule(1, 4, 2, 1e-3, 0.01, warmup_epochs=5).warmup_epochs == 0
