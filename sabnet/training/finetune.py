@@ -5,10 +5,9 @@
 1. Plan: NEW gets D's plan (`finetune_plan`): D's model, normalization, image size, window and
    depth volume, so D's weights fit and see images as they were trained on; NEW's own fingerprint,
    case slicings, labels and in-plane target spacing (its bones have another size; --source-spacing
-   keeps D's). D with labels background + bone ('binary') merges NEW's
-   labels into 'bone'; otherwise NEW keeps its declared labels. The schedule is a quarter of D's
-   (at least 2 epochs per phase), with a one-epoch warm-up. Written as NEW's plans.json, then NEW is
-   preprocessed with it.
+   keeps D's). D with labels background + bone ('binary') merges NEW's labels into 'bone';
+   otherwise NEW keeps its declared labels. The schedule is a quarter of D's (at least 2 epochs per
+   phase), with a one-epoch warm-up. Written as NEW's plans.json, then NEW is preprocessed with it.
 2. Cases (`--cases K`): K training cases chosen by seed, one per subject before a second of any
    (`choose_cases`); validation on the cases of the other subjects, or, when none is left, on the
    training cases themselves (as nnU-Net's fold 'all'). Every fold gets the same split.
@@ -21,8 +20,9 @@
    knowledge either way. Checkpoints record `finetuned_from` (D, fold, checkpoint, plan hash, heads).
 4. What trains: as SegmentAnyBone adapts SAM, D's image encoder stays frozen but for its adapters,
    and so does its prompt encoder; the adapters, mask decoder, detail branch and label embeddings
-   learn (`--full-encoder` trains both encoders too, whether D started from a SAM checkpoint or not). On 2 hand phantoms this kept more of D's knowledge: 0.654 Dice after
-   3 minutes against 0.631 with the whole encoder training (docs/benchmarks.md, Few-shot).
+   learn (`--full-encoder` trains both encoders too, whether D started from a SAM checkpoint or
+   not). On 2 hand phantoms this kept more of D's knowledge: 0.654 Dice after 3 minutes against
+   0.631 with the whole encoder training (docs/benchmarks.md, Few-shot).
 
 The result is a normal results folder `<results>/NEW/<variant>_<size>/fold_f` for `sab_predict -d NEW`.
 """
