@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 
-from sabnet.model.channel_norm import ChannelLayerNorm
+from sabnet.model.channel_norm import replace_channel_norms
 from sabnet.model.config import ModelConfig
 from sabnet.model.sab_model import build_model
 
@@ -37,7 +37,7 @@ def main() -> None:
     ours = build_model(config)
     sams = build_model(config)
     sams.load_state_dict(ours.state_dict())
-    _use_sams_norm(sams)
+    replace_channel_norms(sams, LayerNorm2d)      # segment_anything's own, same parameters
     images = torch.randn(args.batch, 1, args.size, args.size)
 
     def step(model) -> None:
@@ -69,16 +69,6 @@ def main() -> None:
                  ("AdamW step, fused", "AdamW step, default")):
         ta, tb = np.median(times[a]) * 1e3, np.median(times[b]) * 1e3
         print(f"| {a} | {ta:.1f} | {ta / tb:.2f} |\n| {b} | {tb:.1f} | 1.00 |")
-
-
-def _use_sams_norm(model: torch.nn.Module) -> None:
-    """Put segment_anything's LayerNorm2d back where sabnet uses ChannelLayerNorm (same parameters)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is ChannelLayerNorm:
-                sam = LayerNorm2d(child.weight.shape[0], child.eps)
-                sam.weight, sam.bias = child.weight, child.bias
-                setattr(parent, name, sam)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,15 @@ class ChannelLayerNorm(LayerNorm2d):
 
 def use_fused_channel_norms(module: nn.Module) -> nn.Module:
     """Replace every LayerNorm2d inside `module` by a ChannelLayerNorm holding the same parameters."""
+    return replace_channel_norms(module, ChannelLayerNorm)
+
+
+def replace_channel_norms(module: nn.Module, kind: type[LayerNorm2d]) -> nn.Module:
+    """Make every LayerNorm2d (or subclass) inside `module` a `kind`, holding the same parameters."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is LayerNorm2d:
-                fused = ChannelLayerNorm(child.weight.shape[0], child.eps)
-                fused.weight, fused.bias = child.weight, child.bias
-                setattr(parent, name, fused)
+            if isinstance(child, LayerNorm2d) and type(child) is not kind:
+                norm = kind(child.weight.shape[0], child.eps)
+                norm.weight, norm.bias = child.weight, child.bias
+                setattr(parent, name, norm)
     return module

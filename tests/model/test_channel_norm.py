@@ -2,7 +2,7 @@
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 
-from sabnet.model.channel_norm import ChannelLayerNorm, use_fused_channel_norms
+from sabnet.model.channel_norm import ChannelLayerNorm, replace_channel_norms, use_fused_channel_norms
 from sabnet.model.config import ModelConfig
 from sabnet.model.sab_model import SABModel
 
@@ -31,3 +31,5 @@ def test_the_model_uses_it_everywhere_and_keeps_sams_parameter_names():
     holder = torch.nn.Sequential(LayerNorm2d(4))
     weight = holder[0].weight
     assert use_fused_channel_norms(holder)[0].weight is weight and type(holder[0]) is ChannelLayerNorm
+    # and back to segment_anything's own (benchmarks/training_step.py compares the two)
+    assert replace_channel_norms(holder, LayerNorm2d)[0].weight is weight and type(holder[0]) is LayerNorm2d
