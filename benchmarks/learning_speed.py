@@ -1,7 +1,7 @@
 """How fast stage 1 learns on a preprocessed store: automatic-mode pseudo Dice against steps and seconds.
 
     python benchmarks/learning_speed.py PREPROCESSED_DIR [--steps 1200] [--seconds 300] [--lr 1e-3]
-        [--batch 8] [--no-augment] [--prompt-probability 0.5] [--model '{"detail_channels": 16}']
+        [--batch 8] [--no-augment] [--prompt-probability P] [--model '{"detail_channels": 16}']
         [--picture out.png]
 
 Trains the plan's model from scratch on the 2D phase's ingredients (the plan's loss, AdamW, 20-step
@@ -38,13 +38,14 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--prompt-probability", type=float, default=0.5)
+    p.add_argument("--prompt-probability", type=float, help="share of prompted samples (default: the plan's)")
     p.add_argument("--model", type=json.loads, default={}, help="JSON overrides of the plan's model settings")
     p.add_argument("--picture", type=Path, help="also draw held-out slices with truth (green) and prediction (red)")
     args = p.parse_args()
 
     plan, store = load_plan(args.preprocessed), PreprocessedStore(args.preprocessed)
-    plan.training.prompt_probability = args.prompt_probability
+    if args.prompt_probability is not None:
+        plan.training.prompt_probability = args.prompt_probability
     plan.model = dict(plan.model, **args.model)
     by_sequence: dict[str, list[str]] = {}
     for case in store.case_ids():
