@@ -78,10 +78,12 @@ def make_optimizer(parameters, schedule: Schedule) -> tuple[torch.optim.AdamW, W
     if not parameters:
         raise ValueError("no trainable parameters")
     settings = dict(lr=schedule.initial_lr, weight_decay=schedule.weight_decay)
-    try:
-        if not all(p.device.type in ("cpu", "cuda") for p in parameters):
-            raise RuntimeError("no fused AdamW for this device")
-        optimizer = torch.optim.AdamW(parameters, fused=True, **settings)
-    except RuntimeError:
+    optimizer = None
+    if all(p.device.type in ("cpu", "cuda") for p in parameters):
+        try:
+            optimizer = torch.optim.AdamW(parameters, fused=True, **settings)
+        except RuntimeError:  # this torch has no fused kernel for the device
+            pass
+    if optimizer is None:
         optimizer = torch.optim.AdamW(parameters, **settings)
     return optimizer, WarmupPolyLR(optimizer, schedule.warmup_iterations, schedule.total_iterations)
