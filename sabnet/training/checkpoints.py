@@ -42,15 +42,17 @@ def checkpoint_dir(fold_dir: Path, kind: str) -> Path:
 
 
 def save_checkpoint(fold_dir: Path, kind: str, model: torch.nn.Module, plan: Plan, metadata: dict[str, Any],
-                    training_state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically. `metadata` must be JSON-serialisable."""
+                    training_state: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder atomically. `metadata` must be JSON-serialisable. `weights`: a state
+    dict of `model` taken earlier, written instead of the model's current weights."""
     final = checkpoint_dir(fold_dir, kind)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{uuid.uuid4().hex[:8]}-{final.name}"
     tmp.mkdir()
     try:
         module = model.module if hasattr(model, "module") else model
-        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / "model.pth")
+        state = module.state_dict() if weights is None else weights
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / "model.pth")
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pth")
         meta = dict(metadata, sabnet_version=__version__, plan_hash=plan.hash(), kind=kind,

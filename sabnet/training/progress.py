@@ -1,5 +1,6 @@
 """What a user watches during training: `training_log.txt` (one line per epoch and per event) and
-`progress.png` (losses, validation Dice, learning rate, epoch time), redrawn after every epoch.
+`progress.png` (losses, validation Dice, learning rate, epoch time), redrawn with checkpoint_best
+(after a phase's first and last epoch, otherwise at most once a minute: see `trainer`).
 
 An epoch record (one dict per epoch, kept in checkpoint metadata so a resumed run draws the whole
 history) holds: phase, epoch (0-based, within the phase), n_epochs, lr (at the epoch's last
@@ -52,9 +53,13 @@ class ProgressLog:
         if self.echo is not None:
             self.echo(text)
 
-    def epoch(self, record: dict, history: list[dict]) -> None:
+    def epoch(self, record: dict) -> None:
+        """One line for an epoch's record."""
+        self.line(format_epoch(record))
+
+    def plot(self, history: list[dict]) -> None:
+        """Redraw progress.png from all epochs so far."""
         if self.enabled:
-            self.line(format_epoch(record))
             plot_progress(history, self.fold_dir / PROGRESS_PLOT)
 
 

@@ -5,8 +5,11 @@ A fold trains in up to three phases (see `run_training`): '2d' (stage 1, the ada
 does what every phase shares: AdamW over the trainable parameters with warm-up + polynomial decay
 per iteration, bf16 autocast on CUDA, gradient clipping (norm 12), a tqdm bar per epoch, validation
 after each epoch, the smoothed validation Dice (exponential moving average, weight 0.1 for the new
-epoch, as nnU-Net), `checkpoint_latest` every epoch (with optimizer, scheduler and RNG states),
-`checkpoint_best` when the smoothed Dice improves, `training_log.txt` and `progress.png`.
+epoch, as nnU-Net), a line per epoch in `training_log.txt` and `checkpoint_latest` (with optimizer,
+scheduler and RNG states) after every epoch; after a phase's first and last epoch and otherwise at
+most every WRITE_INTERVAL_S, `checkpoint_best` (the weights of the best smoothed Dice so far, kept in
+memory between writes) and `progress.png`. Short CPU epochs (the demo's take 7 s) thus spend their
+time training: drawing the plot and writing a best checkpoint after each cost 8 % of such an epoch.
 
 Determinism: each epoch's batches come from a loader and augmenter seeded by (plan seed, fold,
 phase, epoch, rank), so a run resumed from `checkpoint_latest` replays the very batches an
@@ -37,6 +40,7 @@ CALIBRATION_ITERATIONS = 4   # under a time budget, iterations timed before the 
 TARGET_EPOCHS = 10           # ... chosen so that about this many epochs fit the budget
 VALIDATION_SHARE = 0.15      # share of the budget assumed for per-epoch validation when calibrating
 PHASE_NUMBERS = {"2d": 1, "depth": 2, "fusion": 3}
+WRITE_INTERVAL_S = 60.0      # checkpoint_best and progress.png at most this often within a phase
 
 
 def epoch_seed(plan_seed: int, fold: int, phase: str, epoch: int, rank: int = 0) -> int:
@@ -102,6 +106,8 @@ class EpochLoop:
         self.budget_s = budget_s
         self.ema_dice: float | None = None
         self.best_ema_dice: float | None = None
+        self._last_write_s: float | None = None  # perf_counter of the last best/plot write
+        self._unwritten_best: tuple[dict, dict] | None = None  # (weights, metadata) of a best not yet written
 
     def run(self, start_epoch: int = 0, resume: dict | None = None) -> None:
         """Epochs start_epoch..epochs-1. `resume`: {"training_state", "metadata"} of checkpoint_latest."""
@@ -212,13 +218,23 @@ class EpochLoop:
         self.history.append(record)
         if ctx.is_main:
             metadata = self.metadata(epoch, record)
+            self.progress.epoch(record)
+            if improved:
+                self._unwritten_best = ({k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+                                        metadata)
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
             save_checkpoint(self.fold_dir, "latest", self.model, self.plan, metadata, state)
-            if improved:
-                save_checkpoint(self.fold_dir, "best", self.model, self.plan, metadata)
-            self.progress.epoch(record, self.history)
-            if improved:
-                self.progress.line(f"new best smoothed Dice {self.ema_dice:.4f}: checkpoint_best written")
+            now = time.perf_counter()
+            if (epoch == 0 or epoch + 1 >= schedule.epochs or self._last_write_s is None
+                    or now - self._last_write_s >= WRITE_INTERVAL_S):
+                if self._unwritten_best is not None:
+                    weights, best_metadata = self._unwritten_best
+                    save_checkpoint(self.fold_dir, "best", self.model, self.plan, best_metadata, weights=weights)
+                    self.progress.line(f"checkpoint_best written (smoothed Dice {best_metadata['ema_dice']:.4f}, "
+                                       f"epoch {best_metadata['epoch'] + 1})")
+                    self._unwritten_best = None
+                self.progress.plot(self.history)
+                self._last_write_s = time.perf_counter()
 
     def _smooth(self, scores: ValidationScores) -> bool:
         """Update the smoothed Dice; True when it beats the phase's best (and the phase keeps a best)."""

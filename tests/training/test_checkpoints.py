@@ -104,3 +104,38 @@ def test_stage1_starts_from_a_sam_format_checkpoint(tmp_path, capsys):
     assert not all(torch.equal(state[k], sam[k]) for k in sam if k.startswith("mask_decoder."))
     adapters = [k for k in state if ".adapter_" in k and k.endswith("up.weight")]
     assert adapters and any(state[k].abs().sum() > 0 for k in adapters)
+
+
+def test_best_checkpoint_keeps_the_best_epoch_when_written_later(monkeypatch):
+    """Within a phase checkpoint_best and progress.png are written at most every WRITE_INTERVAL_S
+    (and after the first and last epoch); the best weights wait in memory, so what is finally
+    written is the best epoch's model, not the last one's."""
+    from sabnet.training import progress, trainer
+    from sabnet.training.slice_phase import SlicePhase
+    from sabnet.training.trainer import ValidationScores
+
+    monkeypatch.setattr(trainer, "WRITE_INTERVAL_S", 1e9)
+    dice = iter([0.2, 0.9, 0.1, 0.1])  # smoothed: 0.2, 0.27, 0.253, 0.2377: best after epoch 2 of 4
+    weights_after = []
+
+    def validate(self, model):
+        weights_after.append({k: v.clone() for k, v in model.state_dict().items()})
+        return ValidationScores(0.5, {name: next(dice) for name in list(self.labels)[:1]})
+
+    plots = []
+    monkeypatch.setattr(SlicePhase, "validate", validate)
+    monkeypatch.setattr(progress, "plot_progress", lambda history, path: plots.append(len(history)))
+    ref = resolve_dataset(str(tiny_cohort()))
+    [result] = train(ref, 4, TrainingOptions(stage="2d", epochs=4, iterations_per_epoch=2, n_workers=0,
+                                             final_validation=False), log=lambda _: None)
+    fold = result.fold_dir
+    assert plots == [1, 4]  # after the first and the last epoch only
+    best = json.loads((fold / "checkpoint_best" / "metadata.json").read_text())
+    assert best["epoch"] == 1 and best["ema_dice"] == pytest.approx(0.27)
+    written = read_state_dict(fold / "checkpoint_best" / "model.pth")
+    assert all(torch.equal(written[k], weights_after[1][k]) for k in written)
+    assert not all(torch.equal(written[k], weights_after[3][k]) for k in written)
+    log = (fold / "training_log.txt").read_text()
+    assert log.count("checkpoint_best written") == 2 and "smoothed Dice 0.2700, epoch 2)" in log
+    # checkpoint_latest still follows every epoch (what --continue resumes from)
+    assert json.loads((fold / "checkpoint_latest" / "metadata.json").read_text())["epoch"] == 3
