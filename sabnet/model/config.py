@@ -10,7 +10,9 @@ painting the logits at 8g instead of 4g (the detail branch one level finer, at S
 the demo's 128 px phantoms and learned slower (pseudo Dice 0.52 against 0.69 after 700 steps,
 15 % more time per step), so the decoder keeps SAM's 4g. A refiner that corrects the upsampled
 logits from the image at full resolution (two 3x3 convolutions) learned more per step (0.755 against
-0.722 after 1200) but not in the demo's minutes (0.796 against 0.804), and was not kept either.
+0.722 after 1200) but not in the demo's minutes (0.796 against 0.804), and was not kept either;
+nor was a convolutional stem (the detail branch's features on the token grid added to the patch
+embedding: 0.722 against 0.746 after 1200 steps).
 """
 from __future__ import annotations
 
