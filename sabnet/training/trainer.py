@@ -8,8 +8,9 @@ after each epoch, the smoothed validation Dice (exponential moving average, weig
 epoch, as nnU-Net), a line per epoch in `training_log.txt` and `checkpoint_latest` (with optimizer,
 scheduler and RNG states) after every epoch; after a phase's first and last epoch and otherwise at
 most every WRITE_INTERVAL_S, `checkpoint_best` (the weights of the best smoothed Dice so far, kept in
-memory between writes) and `progress.png`. Short CPU epochs (the demo's take 7 s) thus spend their
-time training: drawing the plot and writing a best checkpoint after each cost 8 % of such an epoch.
+memory between writes; a run killed in between keeps the best written before) and `progress.png`.
+Short CPU epochs (the demo's take 7 s) thus spend their time training: drawing the plot and
+writing a best checkpoint after each cost 8 % of such an epoch.
 
 Determinism: each epoch's batches come from a loader and augmenter seeded by (plan seed, fold,
 phase, epoch, rank), so a run resumed from `checkpoint_latest` replays the very batches an
