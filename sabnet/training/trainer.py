@@ -226,7 +226,7 @@ class EpochLoop:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
             save_checkpoint(self.fold_dir, "latest", self.model, self.plan, metadata, state)
             now = time.perf_counter()
-            if (epoch == 0 or epoch + 1 >= schedule.epochs or self._last_write_s is None
+            if (self._last_write_s is None or epoch + 1 >= schedule.epochs  # a loop runs one phase
                     or now - self._last_write_s >= WRITE_INTERVAL_S):
                 if self._unwritten_best is not None:
                     weights, best_metadata = self._unwritten_best
