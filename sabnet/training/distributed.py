@@ -142,3 +142,30 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_training_threads(n_workers: int) -> int:
+    """Compute threads for one CPU training process: the cores this machine lets it use, shared with
+    the other training processes of this node, less one per augmentation worker process, at least one.
+
+    The workers need a core only part of the time, but a thread that waits for a worker's core at
+    every parallel region waits for the slowest: on two cores with one worker, a training step of
+    the demo's model took 0.18 s with one thread and 0.21 s with two (docs/benchmarks.md, Demo)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, per_process - n_workers)
+
+
+@contextlib.contextmanager
+def training_threads(ctx: DistributedContext, n_workers: int):
+    """On the CPU, train with at most `cpu_training_threads` threads (never more than torch had: a
+    user's OMP_NUM_THREADS or torch.set_num_threads wins) and give the previous number back after."""
+    if ctx.device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, cpu_training_threads(n_workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -42,7 +42,7 @@ from sabnet.preprocessing.store import PreprocessedStore
 from sabnet.training.checkpoints import (checkpoint_dir, load_training_state, load_weights, read_metadata,
                                          recover_interrupted, remove_checkpoints, save_checkpoint)
 from sabnet.training.depth_stage import DepthPhase, write_depth_probabilities
-from sabnet.training.distributed import DistributedContext, barrier, gather_digests, start, stop
+from sabnet.training.distributed import DistributedContext, barrier, gather_digests, start, stop, training_threads
 from sabnet.training.layout import (DEPTH_PROBABILITIES_DIR, VALIDATION_DIR, fold_dir, prepare_results_folder,
                                     results_folder)
 from sabnet.training.progress import ProgressLog
@@ -227,7 +227,8 @@ def _train_fold(ref: DatasetRef, plan: Plan, store: PreprocessedStore, fold: int
                 progress.line(f"phase {name}: time budget {budget / 60:.1f} min; iterations per epoch are set after "
                               f"{CALIBRATION_ITERATIONS} timed iterations, the number of epochs after the first epoch")
             loop = EpochLoop(phase, model, schedule, ctx, fd, plan, run_info, begin.history, progress, budget)
-            loop.run(start_epoch, begin.resume if index == begin.phase_index else None)
+            with training_threads(ctx, phase.n_workers):
+                loop.run(start_epoch, begin.resume if index == begin.phase_index else None)
             trained.append(name)
         run_info["completed_phases"] = list(dict.fromkeys(run_info["completed_phases"] + [name]))
         if name == "2d" and ctx.is_main:
