@@ -7,8 +7,8 @@ prompted samples of each training batch gets its points replaced by positive poi
 false negatives of its label and negative points in its false positives of the model's own
 automatic prediction (from the same image embedding, without gradients), and, half of the time,
 that prediction as a dense mask prompt (as +-8 logits, the form `batch_prompts` feeds back at
-prediction). Samples whose prediction has no false negative keep their
-positive points.
+prediction). Samples whose prediction has no false negative keep their positive points. The
+samples are chosen first (`correction_samples`), so that only they are decoded automatically.
 """
 from __future__ import annotations
 
@@ -31,24 +31,30 @@ def predicted_labels(logits: Tensor, output_mode: str) -> np.ndarray:
     return logits.argmax(dim=1).cpu().numpy()
 
 
-def correction_prompts(prompts: Prompts, target: np.ndarray, predicted: np.ndarray, mask_size: int,
-                       sampler: PromptSampler, rng: np.random.Generator, share: float) -> Prompts:
-    """Prompts with a `share` of the prompted samples turned into corrections.
+def correction_samples(prompts: Prompts, rng: np.random.Generator, share: float) -> list[int]:
+    """Indices of the batch's prompted samples (a label, not automatic) that become corrections,
+    each with probability `share`: only these need the model's automatic prediction."""
+    automatic = prompts.automatic.cpu().numpy()
+    labels = prompts.label.cpu().numpy()
+    return [b for b in range(prompts.batch_size) if not automatic[b] and labels[b] != 0 and rng.random() < share]
 
-    prompts: the batch's prompts (points (x, y) in tile pixels); target and predicted: (B, S, S)
-    label maps of the tile (the prediction from the automatic mode); mask_size: the decoder's mask
-    grid 4g. Automatic samples are left as they are.
+
+def correction_prompts(prompts: Prompts, samples: list[int], target: np.ndarray, predicted: np.ndarray,
+                       mask_size: int, sampler: PromptSampler, rng: np.random.Generator) -> Prompts:
+    """Prompts with the `samples` (from `correction_samples`) turned into corrections.
+
+    prompts: the batch's prompts (points (x, y) in tile pixels); target: (B, S, S) label maps of
+    the batch's tiles; predicted: (len(samples), S, S) the automatic mode's label maps of those
+    samples, in that order; mask_size: the decoder's mask grid 4g. The other samples are left as
+    they are.
     """
     points, point_labels = prompts.points.clone(), prompts.point_labels.clone()
     mask = torch.zeros(prompts.batch_size, 1, mask_size, mask_size)
     mask_valid = torch.zeros(prompts.batch_size, dtype=torch.bool)
-    automatic = prompts.automatic.cpu().numpy()
     n_slots = points.shape[1]
-    for b in range(prompts.batch_size):
+    for b, prediction in zip(samples, predicted):
         label = int(prompts.label[b])
-        if automatic[b] or label == 0 or rng.random() >= share:
-            continue
-        structure, found = target[b] == label, predicted[b] == label
+        structure, found = target[b] == label, prediction == label
         missed = structure & ~found
         if missed.any():
             positive = sampler.positive_points(missed, int(rng.integers(1, sampler.max_positive_points + 1)), rng)

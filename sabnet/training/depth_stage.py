@@ -40,6 +40,7 @@ class DepthPhase:
     stage = "3d"
     tracks_best = False
     find_unused_parameters = False
+    n_workers = 0  # volumes are read in this process
 
     def __init__(self, plan: Plan, store: PreprocessedStore, train_ids: list[str], val_ids: list[str], fold: int,
                  ctx: DistributedContext) -> None:
@@ -57,6 +58,12 @@ class DepthPhase:
     def batches(self, epoch: int) -> Iterator[Iterator[dict]]:
         rng = np.random.default_rng(epoch_seed(self.plan.training.seed, self.fold, self.name, epoch, self.ctx.rank))
         yield self._volumes(rng)
+
+    def prefetch(self, epoch: int) -> None:
+        """Nothing to prepare: volumes are read in this process."""
+
+    def close(self) -> None:
+        pass
 
     def _volumes(self, rng: np.random.Generator) -> Iterator[dict]:
         while True:

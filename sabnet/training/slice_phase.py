@@ -24,7 +24,7 @@ from sabnet.model.prompts import Prompts
 from sabnet.model.sab_model import SABModel
 from sabnet.planning.plans import Plan
 from sabnet.preprocessing.store import PreprocessedStore
-from sabnet.training.correction_prompts import correction_prompts, predicted_labels
+from sabnet.training.correction_prompts import correction_prompts, correction_samples, predicted_labels
 from sabnet.training.data_loader import SliceDataLoader, make_augmenter, sampler_from_plan
 from sabnet.training.distributed import DistributedContext, all_reduce_sum, autocast
 from sabnet.training.losses import segmentation_loss
@@ -65,6 +65,7 @@ class SlicePhase:
         self._validation_batches: list[dict] | None = None
         self._sampler = sampler_from_plan(plan)
         self._rng = np.random.default_rng(plan.training.seed)
+        self._prefetched: tuple[int, object] | None = None  # (epoch, started augmenter)
 
     # ---- Phase interface -------------------------------------------------------------------
     def configure(self, model: SABModel) -> None:
@@ -79,12 +80,33 @@ class SlicePhase:
     @contextlib.contextmanager
     def batches(self, epoch: int) -> Iterator[Iterator[dict]]:
         seed = epoch_seed(self.plan.training.seed, self.fold, self.name, epoch, self.ctx.rank)
-        augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
+        if self._prefetched is not None and self._prefetched[0] == epoch:
+            augmenter = self._prefetched[1]
+            self._prefetched = None
+        else:
+            self.close()
+            augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
         self._rng = np.random.default_rng(seed + 1)  # correction prompts: replayed exactly on resume
         try:
             yield augmenter
         finally:
             _finish(augmenter)
+
+    def prefetch(self, epoch: int) -> None:
+        """Start the augmentation workers of `epoch` now: they fork and fill their queues while the
+        current epoch validates (about 0.3 s an epoch on two cores). `batches(epoch)` takes them."""
+        if self.n_workers == 0 or self._prefetched is not None:
+            return
+        seed = epoch_seed(self.plan.training.seed, self.fold, self.name, epoch, self.ctx.rank)
+        augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
+        augmenter.restart()  # batchgenerators' public way to start the worker processes
+        self._prefetched = (epoch, augmenter)
+
+    def close(self) -> None:
+        """Stop prefetched workers that no epoch took (the phase ended earlier than planned)."""
+        if self._prefetched is not None:
+            _finish(self._prefetched[1])
+            self._prefetched = None
 
     def training_loss(self, net: nn.Module, batch: dict) -> Tensor:
         images, target, attention = self._tensors(batch)
@@ -93,15 +115,18 @@ class SlicePhase:
             point_labels=torch.as_tensor(batch["point_labels"], dtype=torch.long),
             boxes=torch.as_tensor(batch["boxes"]), box_valid=torch.as_tensor(batch["box_valid"], dtype=torch.bool),
         ).to(self.ctx.device)
-        if CORRECTION_SHARE == 0 or bool(prompts.automatic.all()):
+        samples = correction_samples(prompts, self._rng, CORRECTION_SHARE)
+        if not samples:
             return segmentation_loss(net(images, prompts, attention).float(), target, self.output_mode)
         model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
         embeddings = None if model is not net else model.encode(images)  # one process: encode once
-        with torch.no_grad():
-            automatic = (model(images, None, attention) if embeddings is None
-                         else model.upsample_logits(model.decode(embeddings, None, attention)))
-        prompts = correction_prompts(prompts, target.cpu().numpy(), predicted_labels(automatic, self.output_mode),
-                                     model.config.mask_size, self._sampler, self._rng, CORRECTION_SHARE)
+        chosen = torch.as_tensor(samples, device=images.device)
+        chosen_attention = None if attention is None else attention[chosen]
+        with torch.no_grad():  # the automatic prediction of the samples that become corrections only
+            automatic = (model(images[chosen], None, chosen_attention) if embeddings is None
+                         else model.upsample_logits(model.decode(embeddings[chosen], None, chosen_attention)))
+        prompts = correction_prompts(prompts, samples, target.cpu().numpy(), predicted_labels(automatic, self.output_mode),
+                                     model.config.mask_size, self._sampler, self._rng)
         logits = (net(images, prompts, attention) if embeddings is None
                   else model.upsample_logits(model.decode(embeddings, prompts, attention)))
         return segmentation_loss(logits.float(), target, self.output_mode)

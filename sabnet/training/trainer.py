@@ -67,13 +67,15 @@ class Phase(Protocol):
     """What EpochLoop needs from a phase.
 
     name: '2d' | 'depth' | 'fusion'; stage: '2d' | '3d' (the model stage it trains);
-    tracks_best: whether it writes checkpoint_best; find_unused_parameters: for DDP.
+    tracks_best: whether it writes checkpoint_best; find_unused_parameters: for DDP; n_workers:
+    the augmentation worker processes it runs beside training (0: none).
     """
 
     name: str
     stage: str
     tracks_best: bool
     find_unused_parameters: bool
+    n_workers: int
 
     def configure(self, model: SABModel) -> None:
         """Set requires_grad on the model's parameters for this phase."""
@@ -83,6 +85,12 @@ class Phase(Protocol):
 
     def batches(self, epoch: int) -> ContextManager[Iterator[dict]]:
         """The epoch's training batches (an endless iterator), closed at the end of the epoch."""
+
+    def prefetch(self, epoch: int) -> None:
+        """Start preparing `epoch`'s batches while the current epoch validates (may do nothing)."""
+
+    def close(self) -> None:
+        """Release what `prefetch` started and no epoch used (the phase ends)."""
 
     def training_loss(self, net: nn.Module, batch: dict) -> Tensor:
         """Loss of one batch through `net` (the possibly wrapped `ddp_module`)."""
@@ -123,9 +131,12 @@ class EpochLoop:
             self.ema_dice = resume["metadata"].get("ema_dice")
             self.best_ema_dice = resume["metadata"].get("best_ema_dice")
         epoch = start_epoch
-        while epoch < self.schedule.epochs:
-            self._epoch(epoch, net, params, optimizer, scheduler)
-            epoch += 1
+        try:
+            while epoch < self.schedule.epochs:
+                self._epoch(epoch, net, params, optimizer, scheduler)
+                epoch += 1
+        finally:
+            self.phase.close()
 
     def _fit_budget_iterations(self, iteration_times_s: list[float], scheduler) -> None:
         """Under a time budget, after the first CALIBRATION_ITERATIONS of the phase: iterations per
@@ -201,6 +212,8 @@ class EpochLoop:
                     bar.set_description(f"fold {self.run_info['fold']} {name} epoch 1/{self.schedule.epochs}")
         bar.close()
         train_time = time.perf_counter() - start
+        if epoch + 1 < self.schedule.epochs:  # the next epoch's data workers start while this one validates
+            self.phase.prefetch(epoch + 1)
         self.model.eval()
         scores = self.phase.validate(self.model)
         improved = self._smooth(scores)

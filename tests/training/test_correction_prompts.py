@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from sabnet.model.prompts import Prompts, PromptSampler
-from sabnet.training.correction_prompts import correction_prompts, predicted_labels
+from sabnet.training.correction_prompts import correction_prompts, correction_samples, predicted_labels
 
 S = 64
 
@@ -29,7 +29,10 @@ def test_positive_clicks_land_in_the_missed_bone_and_negative_ones_in_false_posi
     sampler = PromptSampler(max_positive_points=1, max_negative_points=1)
     seen_mask = False
     for seed in range(12):
-        out = correction_prompts(prompts, target, predicted, 16, sampler, np.random.default_rng(seed), share=1.0)
+        rng = np.random.default_rng(seed)
+        samples = correction_samples(prompts, rng, share=1.0)
+        assert samples == [0], "the prompted sample, never the automatic one"
+        out = correction_prompts(prompts, samples, target, predicted[samples], 16, sampler, rng)
         kinds = out.point_labels[0].tolist()
         assert kinds[0] == 1
         x, y = out.points[0, 0].round().long().tolist()
@@ -48,9 +51,12 @@ def test_positive_clicks_land_in_the_missed_bone_and_negative_ones_in_false_posi
 def test_share_zero_keeps_the_prompts_and_a_perfect_prediction_keeps_the_positive_clicks():
     prompts, target, predicted, _, _ = _batch()
     sampler = PromptSampler(max_positive_points=1, max_negative_points=1)
-    kept = correction_prompts(prompts, target, predicted, 16, sampler, np.random.default_rng(0), share=0.0)
+    rng = np.random.default_rng(0)
+    assert correction_samples(prompts, rng, share=0.0) == []
+    assert 70 < sum(correction_samples(prompts, rng, share=0.5) == [0] for _ in range(200)) < 130
+    kept = correction_prompts(prompts, [], target, predicted[[]], 16, sampler, rng)
     assert torch.equal(kept.points, prompts.points) and torch.equal(kept.point_labels, prompts.point_labels)
-    perfect = correction_prompts(prompts, target, target.copy(), 16, sampler, np.random.default_rng(0), share=1.0)
+    perfect = correction_prompts(prompts, [0], target, target[[0]].copy(), 16, sampler, rng)
     assert perfect.point_labels[0, 0] == 1 and perfect.points[0, 0].tolist() == [16.0, 16.0]
 
 

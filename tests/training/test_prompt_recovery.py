@@ -15,7 +15,7 @@ import torch
 from sabnet.model.config import ModelConfig
 from sabnet.model.prompts import Prompts, PromptSampler
 from sabnet.model.sab_model import SABModel
-from sabnet.training.correction_prompts import correction_prompts, predicted_labels
+from sabnet.training.correction_prompts import correction_prompts, correction_samples, predicted_labels
 from sabnet.training.losses import segmentation_loss
 
 S, RADIUS = 64, 7
@@ -66,10 +66,11 @@ def test_a_click_inside_a_missed_bone_recovers_it(two_threads):
         images, target, _ = _batch(rng, 16)
         prompts = sampler.sample(target, rng)
         embeddings = model.encode(images)
+        samples = correction_samples(prompts, rng, share=1.0)
         with torch.no_grad():
-            automatic = model.upsample_logits(model.decode(embeddings))
-        prompts = correction_prompts(prompts, target, predicted_labels(automatic, "sigmoid"), model.config.mask_size,
-                                     sampler, rng, share=1.0)
+            automatic = model.upsample_logits(model.decode(embeddings[torch.as_tensor(samples, dtype=torch.long)]))
+        prompts = correction_prompts(prompts, samples, target, predicted_labels(automatic, "sigmoid"),
+                                     model.config.mask_size, sampler, rng)
         loss = segmentation_loss(model.upsample_logits(model.decode(embeddings, prompts)), torch.from_numpy(target), "sigmoid")
         optimizer.zero_grad()
         loss.backward()
