@@ -153,8 +153,11 @@ def attention_to_grid(attention: Tensor, grid_size: int) -> Tensor:
 class DepthFusion(nn.Module):
     """embedding + gate * block([embedding, attention]): (B, E, g, g) and (B, 1, g, g) -> (B, E, g, g).
 
-    `gate` is a learnable scalar that starts at 0, so a 3D model starts out computing exactly what
-    the 2D model computes.
+    The block's last (1x1) convolution starts at zero, so a 3D model starts out computing exactly
+    what the 2D model computes, and `gate` (a learnable scalar, LayerScale-like) starts at 1. (With
+    the gate at 0 and a random block, as before, the block got no gradient and the gate, whose
+    gradient was noise, stayed near 0: after the demo's stage 2 it was 0.004, and 3D mode equalled
+    2D mode.)
     """
 
     def __init__(self, embed_dim: int, hidden: int | None = None) -> None:
@@ -166,7 +169,9 @@ class DepthFusion(nn.Module):
             nn.GELU(),
             nn.Conv2d(hidden, embed_dim, 1),
         )
-        self.gate = nn.Parameter(torch.zeros(()))
+        nn.init.zeros_(self.block[-1].weight)
+        nn.init.zeros_(self.block[-1].bias)
+        self.gate = nn.Parameter(torch.ones(()))
 
     def forward(self, embedding: Tensor, attention_grid: Tensor) -> Tensor:
         fused = self.block(torch.cat([embedding, attention_grid.to(embedding)], dim=1))

@@ -56,7 +56,7 @@ def _make_model_folder(root: Path, n_folds: int, **phantom_settings) -> tuple[Pa
         torch.manual_seed(100 + fold)
         model = SABModel(ModelConfig.from_dict(plan.model))
         with torch.no_grad():
-            model.depth_fusion.gate.fill_(0.5)  # make 3D mode differ from 2D mode
+            model.depth_fusion.block[-1].weight.normal_(0, 0.2)  # as if trained: 3D mode differs from 2D mode
         save_checkpoint(folder / f"fold_{fold}", "final", model, plan,
                         {"fold": fold, "stage": "3d", "stages_done": ["2d", "3d"], "epoch": 0})
     return raw, folder

@@ -87,7 +87,7 @@ def test_multichannel_input_is_mixed_onto_three_channels():
         model.encode(torch.randn(1, 1, 128, 128))
 
 
-def test_gate_zero_makes_3d_mode_equal_2d_mode_and_a_nonzero_gate_changes_it():
+def test_a_new_fusion_block_makes_3d_mode_equal_2d_mode_and_a_trained_one_changes_it():
     model = small_model()
     images = torch.randn(2, 1, 128, 128)
     probabilities = torch.rand(1, 1, 12, 32, 32)
@@ -96,9 +96,11 @@ def test_gate_zero_makes_3d_mode_equal_2d_mode_and_a_nonzero_gate_changes_it():
         attention = pad_to_input(model.slice_attention(probabilities, torch.tensor([3.0, 7.5]), (100, 120)), 128)
         two_d = model.decode(embeddings)
         three_d = model.decode(embeddings, attention=attention)
-        assert torch.equal(two_d, three_d)
-        model.depth_fusion.gate.fill_(0.5)
+        assert torch.equal(two_d, three_d)  # the block's last convolution starts at zero
+        model.depth_fusion.block[-1].weight.normal_(0, 0.2)
         assert not torch.allclose(model.decode(embeddings, attention=attention), two_d, atol=1e-4)
+        model.depth_fusion.gate.fill_(0.0)  # the gate scales the block's whole contribution
+        assert torch.equal(model.decode(embeddings, attention=attention), two_d)
 
 
 def test_each_kind_of_prompt_changes_the_output():
@@ -158,7 +160,7 @@ def test_stage_3d_trains_the_depth_branch_and_decoder_with_the_encoder_frozen():
     model.configure_trainable(pretrained=True, stage="3d")
     images, volume = torch.randn(2, 1, 128, 128), torch.randn(1, 1, 12, 32, 32)
     with torch.no_grad():
-        model.depth_fusion.gate.fill_(0.3)  # as after some training: lets gradients reach the fusion block
+        model.depth_fusion.block[-1].weight.normal_(0, 0.1)  # as after some training: gradients reach the block's input
     probabilities = model.depth_probabilities(volume)
     attention = pad_to_input(model.slice_attention(probabilities, torch.tensor([2.0, 9.0]), (128, 128)), 128)
     model(images, attention=attention).logsumexp(1).mean().backward()

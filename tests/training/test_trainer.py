@@ -121,11 +121,11 @@ def test_stage2_trains_depth_branch_and_fusion_on_top_of_stage1(capsys):
     stage2, meta = load_checkpoint(fold, "final", plan)
     assert meta["stages_done"] == ["2d", "3d"] and meta["completed_phases"] == ["2d", "depth", "fusion"]
     assert [r["phase"] for r in meta["history"]] == ["2d", "depth", "fusion"]
-    # the image encoder (adapters included) is frozen in stage 2; the depth net and the gate trained
+    # the image encoder (adapters included) is frozen in stage 2; the depth net and the fusion block trained
     s1, s2 = stage1.state_dict(), stage2.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("image_encoder."))
     assert not all(torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("depth_net."))
-    assert stage2.depth_fusion.gate.item() != 0.0
+    assert stage1.depth_fusion.block[-1].weight.abs().sum() == 0 < stage2.depth_fusion.block[-1].weight.abs().sum()
     # each case's bone probability volume, saved for the loader, is what the final depth net gives
     store = PreprocessedStore(ref.preprocessed_dir)
     for case in store.case_ids():
