@@ -173,6 +173,17 @@ class DepthFusion(nn.Module):
         nn.init.zeros_(self.block[-1].bias)
         self.gate = nn.Parameter(torch.ones(()))
 
+    @torch.no_grad()
+    def restart_if_stuck(self) -> bool:
+        """A block saved by older sabnet (gate 0 in front of a random last convolution) cannot learn:
+        give it this start instead (the output is the 2D model's either way). True when restarted."""
+        if float(self.gate) != 0.0 or not bool(self.block[-1].weight.any()):
+            return False
+        self.block[-1].weight.zero_()
+        self.block[-1].bias.zero_()
+        self.gate.fill_(1.0)
+        return True
+
     def forward(self, embedding: Tensor, attention_grid: Tensor) -> Tensor:
         fused = self.block(torch.cat([embedding, attention_grid.to(embedding)], dim=1))
         return embedding + self.gate * fused

@@ -312,6 +312,9 @@ def _fresh_start(fd: Path, plan: Plan, fold: int, phases: tuple[str, ...], optio
             list(meta.get("history", [])), ["2d"]
         origin = meta.get("finetuned_from")
         stale = ("latest", "best", "final")
+        if model.depth_fusion.restart_if_stuck() and ctx.is_main:
+            ProgressLog(fd).line("note: checkpoint_final_2d has a depth fusion block from older sabnet that cannot learn "
+                                 "(gate 0); stage 2 starts it afresh (zero last convolution, gate 1)")
     if ctx.is_main:
         removed = remove_checkpoints(fd, stale)
         for folder in ([DEPTH_PROBABILITIES_DIR, VALIDATION_DIR]):

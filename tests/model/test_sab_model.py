@@ -103,6 +103,21 @@ def test_a_new_fusion_block_makes_3d_mode_equal_2d_mode_and_a_trained_one_change
         assert torch.equal(model.decode(embeddings, attention=attention), two_d)
 
 
+def test_a_fusion_block_of_older_sabnet_is_restarted_and_a_trained_one_kept():
+    model = small_model()
+    fusion = model.depth_fusion
+    assert not fusion.restart_if_stuck()  # a new block
+    with torch.no_grad():
+        fusion.gate.fill_(0.0)  # older sabnet's start: gate 0 in front of a random block
+        fusion.block[-1].weight.normal_(0, 0.2)
+    assert fusion.restart_if_stuck()
+    assert fusion.gate.item() == 1.0 and not fusion.block[-1].weight.any()
+    with torch.no_grad():
+        fusion.block[-1].weight.normal_(0, 0.2)  # trained: kept
+        fusion.gate.fill_(0.7)
+    assert not fusion.restart_if_stuck() and fusion.gate.item() == pytest.approx(0.7)
+
+
 def test_each_kind_of_prompt_changes_the_output():
     model = small_model(n_outputs=3, n_labels=2)
     randomise_new_parts(model)
