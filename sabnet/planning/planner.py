@@ -192,6 +192,6 @@ def _training_schedule(model: ModelConfig, kind: str, batch: int) -> TrainingPla
         return TrainingPlan(batch_size=batch, epochs=100, iterations_per_epoch=250, initial_lr=5e-4,
                             weight_decay=0.01, warmup_epochs=5, stage2_epochs=20)
     # epochs of 50 iterations: each epoch also validates and writes checkpoint_latest (about 0.5 s on
-    # two cores), a tenth of a 25-iteration epoch of the demo's model
+    # two cores), a tenth of a 25-iteration epoch of the demo's model; the warm-up is one epoch, 50 steps
     return TrainingPlan(batch_size=batch, epochs=20, iterations_per_epoch=50, initial_lr=1e-3,
                         weight_decay=0.01, warmup_epochs=1, stage2_epochs=4)

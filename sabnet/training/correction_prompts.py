@@ -52,7 +52,7 @@ def correction_prompts(prompts: Prompts, samples: list[int], target: np.ndarray,
     mask = torch.zeros(prompts.batch_size, 1, mask_size, mask_size)
     mask_valid = torch.zeros(prompts.batch_size, dtype=torch.bool)
     n_slots = points.shape[1]
-    for b, prediction in zip(samples, predicted):
+    for b, prediction in zip(samples, predicted, strict=True):
         label = int(prompts.label[b])
         structure, found = target[b] == label, prediction == label
         missed = structure & ~found

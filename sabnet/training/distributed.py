@@ -158,9 +158,10 @@ def cpu_training_threads(n_workers: int) -> int:
 
 @contextlib.contextmanager
 def training_threads(ctx: DistributedContext, n_workers: int):
-    """On the CPU, train with at most `cpu_training_threads` threads (never more than torch had: a
-    user's OMP_NUM_THREADS or torch.set_num_threads wins) and give the previous number back after."""
-    if ctx.device.type != "cpu":
+    """On the CPU, train with at most `cpu_training_threads` threads and give the previous number back
+    after. Never raises torch's thread count (a lower torch.set_num_threads stays), and an explicit
+    OMP_NUM_THREADS is left as it is."""
+    if ctx.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         yield
         return
     previous = torch.get_num_threads()

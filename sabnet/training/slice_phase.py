@@ -99,7 +99,11 @@ class SlicePhase:
             return
         seed = epoch_seed(self.plan.training.seed, self.fold, self.name, epoch, self.ctx.rank)
         augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
-        augmenter.restart()  # batchgenerators' public way to start the worker processes
+        try:
+            augmenter.restart()  # batchgenerators' public way to start the worker processes
+        except BaseException:
+            _finish(augmenter)
+            raise
         self._prefetched = (epoch, augmenter)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ def test_threads_are_the_cores_left_by_workers_and_other_processes(monkeypatch):
 
 def test_training_threads_lowers_and_restores_and_never_raises(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     _cores(monkeypatch, 4)
     before = torch.get_num_threads()
     cpu = DistributedContext(torch.device("cpu"))
@@ -30,10 +31,14 @@ def test_training_threads_lowers_and_restores_and_never_raises(monkeypatch):
         with training_threads(cpu, n_workers=1):
             assert torch.get_num_threads() == 3
         assert torch.get_num_threads() == 4
-        torch.set_num_threads(2)  # the user's choice (OMP_NUM_THREADS, set_num_threads) wins
+        torch.set_num_threads(2)  # never raised above what torch was given
         with training_threads(cpu, n_workers=1):
             assert torch.get_num_threads() == 2
         with training_threads(DistributedContext(torch.device("meta")), n_workers=3):  # not the CPU
             assert torch.get_num_threads() == 2
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # asked for explicitly: left as it is
+        with training_threads(cpu, n_workers=1):
+            assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
