@@ -127,9 +127,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     say(f"      plan: {plan.model['variant']} at {plan.model['image_size']} px, in-plane "
         f"{plan.preprocessing.target_spacing_mm} mm, batch {plan.training.batch_size}")
 
-    # still to come: prediction and evaluation (20 s on two cores at 128 px) and the training's own
-    # overrun of its budget (final checkpoints: about 20 s)
-    overhead_min = (time.perf_counter() - start) / 60 + 0.75
+    # still to come: prediction and evaluation (12 s on two cores at 128 px), the training's own
+    # overrun of its budget (final checkpoints, the last epoch: about 10 s) and a margin
+    overhead_min = (time.perf_counter() - start) / 60 + 0.45
     budget = max(1.0, settings.minutes - overhead_min)
     say(f"[3/5] train fold 0, stage 1 and stage 2, for about {budget:.1f} minutes")
     options = TrainingOptions(stage="all", device=settings.device, n_workers=settings.workers,
