@@ -63,7 +63,7 @@ class DepthPhase:
         """Nothing to prepare: volumes are read in this process."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
     def _volumes(self, rng: np.random.Generator) -> Iterator[dict]:
         while True:

@@ -85,7 +85,7 @@ class SlicePhase:
             self._prefetched = None
         else:
             self.close()
-            augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
+            augmenter = self._training_augmenter(seed)
         self._rng = np.random.default_rng(seed + 1)  # correction prompts: replayed exactly on resume
         try:
             yield augmenter
@@ -97,8 +97,8 @@ class SlicePhase:
         current epoch validates (about 0.3 s an epoch on two cores). `batches(epoch)` takes them."""
         if self.n_workers == 0 or self._prefetched is not None:
             return
-        seed = epoch_seed(self.plan.training.seed, self.fold, self.name, epoch, self.ctx.rank)
-        augmenter = self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
+        augmenter = self._training_augmenter(epoch_seed(self.plan.training.seed, self.fold, self.name, epoch,
+                                                        self.ctx.rank))
         try:
             augmenter.restart()  # batchgenerators' public way to start the worker processes
         except BaseException:
@@ -177,6 +177,9 @@ class SlicePhase:
             _finish(augmenter)
             self._validation_batches = batches
         return self._validation_batches
+
+    def _training_augmenter(self, seed: int):
+        return self._augmenter(self.train_ids, seed, self.plan.training.foreground_fraction, training=True)
 
     def _augmenter(self, case_ids: list[str], seed: int, foreground_fraction: float, training: bool,
                    n_workers: int | None = None):
