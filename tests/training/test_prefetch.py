@@ -45,3 +45,22 @@ def test_prefetched_epoch_draws_the_same_batches_and_unused_workers_stop():
     phase.close()
     assert len(multiprocessing.active_children()) == baseline
     assert len(_draw(phase, 3, n=1)) == 1  # an epoch other than the prefetched one gets its own worker
+
+
+def test_the_epoch_loop_prefetches_every_epoch_but_the_first_and_leaves_no_worker(monkeypatch):
+    from sabnet.training.run_training import TrainingOptions, train
+
+    calls = []
+    original = SlicePhase.prefetch
+
+    def recording(self, epoch):
+        calls.append(epoch)
+        original(self, epoch)
+
+    monkeypatch.setattr(SlicePhase, "prefetch", recording)
+    ref = resolve_dataset(str(tiny_cohort()))
+    baseline = len(multiprocessing.active_children())
+    train(ref, 0, TrainingOptions(stage="2d", epochs=3, iterations_per_epoch=2, n_workers=1, device="cpu",
+                                  final_validation=False), log=lambda line: None)
+    assert calls == [1, 2]  # after epochs 0 and 1; none after the last
+    assert len(multiprocessing.active_children()) == baseline
