@@ -31,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sab_transfer_labels",
         description=("Register an annotated scan (moving) to another sequence of the same exam (fixed): rigid then "
-                     "affine, Mattes mutual information, multi-resolution; carry its bone labels onto the fixed grid; "
-                     "refuse to write when the alignment quality is below --min-quality."),
+                     "affine, Mattes mutual information, multi-resolution; carry its bone labels onto the fixed grid "
+                     "(shape-based between thick slices, each bone keeping its volume) and refine them on the fixed "
+                     "image's intensities; refuse to write when the alignment quality is below --min-quality."),
         epilog=("quality: the share of the two images' mutual information around each transferred bone that is "
                 "lost when the result is moved 3 mm, for the worst-placed bone. A bone on its edges in the fixed "
                 "image loses a good share (0.2-0.5 on well-aligned phantom pairs); a bone put where the fixed image "

@@ -1,12 +1,14 @@
 """Registration between MRI sequences of one exam, and label transfer across them.
 
-`register` (rigid then affine, Mattes mutual information) in `rigid_affine.py`; `carry_labels`,
-`alignment_quality` and `transfer_labels` (one pair) in `label_transfer.py`; pairing and
-transfer over a raw cohort in `cohort.py`.
+`register` (rigid then affine, Mattes mutual information) in `rigid_affine.py`; `carry_labels` in
+`label_carrying.py`; refinement on the fixed image in `label_refinement.py`; `alignment_quality`
+and `transfer_labels` (one pair) in `label_transfer.py`; pairing and transfer over a raw cohort in
+`cohort.py`.
 """
 from sabnet.registration.cohort import TransferPair, pairs_by_sequence, read_pairs, transfer_cohort
+from sabnet.registration.label_carrying import carry_labels
 from sabnet.registration.label_transfer import (DEFAULT_MIN_QUALITY, Quality, TransferResult, alignment_quality,
-                                                carry_labels, transfer_labels)
+                                                transfer_labels)
 from sabnet.registration.rigid_affine import Registration, body_mask, register
 
 __all__ = ["DEFAULT_MIN_QUALITY", "Quality", "Registration", "TransferPair", "TransferResult", "alignment_quality",

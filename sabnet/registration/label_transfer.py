@@ -4,13 +4,11 @@ The paper brings non-T1 sequences into training this way: register the annotated
 (moving) to the other sequence (fixed), move its labels onto the fixed grid, and keep the result
 only when the alignment is convincing.
 
-- `carry_labels` moves a label map through a transform: each label's one-hot mask is resampled
-  linearly and each fixed voxel takes the label with the largest share. Only label values present
-  in the input come out, and thin bones keep their volume (nearest neighbour would drop or double
-  slices of them; shape-based interpolation of signed distances gained 0.005-0.04 Dice on thin
-  phantom bones but shrank them by about 10 %, so it is not used). `carried_shares` keeps each
-  label's resampled share, which `refine_labels` (label_refinement.py) uses as the prior where it
-  decides the unsure band around each bone on the fixed image's own intensities.
+- `carry_labels` (label_carrying.py) moves a label map through a transform: linear shares of each
+  label's one-hot mask where the moving voxels agree, shape-based interpolation of its signed
+  distance in the gaps between thick slices, keeping each bone's volume. Those levels are also
+  the prior with which `refine_labels` (label_refinement.py) decides the unsure band around each
+  bone on the fixed image's own intensities.
 - `alignment_quality` says whether the bones are really aligned (see `Quality`).
 - `transfer_labels` does the whole job for one pair of files and refuses to write below
   `min_quality`.
@@ -28,6 +26,8 @@ from sabnet.evaluation.metrics import dice_iou
 from sabnet.io.atomic import atomic_path
 from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import array_to_image, read_image, write_image
+from sabnet.registration.label_carrying import (carried_levels, carried_shares, labels_from_levels, labels_from_shares,
+                                                 level_prior)
 from sabnet.registration.label_refinement import refine_labels
 from sabnet.registration.rigid_affine import Registration, body_mask, flatten_bias, mask_centre_mm, register
 
@@ -102,100 +102,6 @@ class TransferResult:
     reason: str = ""
 
 
-def carry_labels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> np.ndarray:
-    """Move a label map onto `reference`'s grid through `transform` (reference world -> labels world).
-
-    Each label's one-hot mask is resampled with linear interpolation and every reference voxel
-    takes the label with the largest share (a tie goes to the bone, not to background). Returns
-    an array in array order on the reference grid, of the labels' integer type, holding only
-    values present in `labels` (0 where the labels' field of view ends).
-    """
-    return labels_from_shares(carried_shares(labels, reference, transform), sitk.GetArrayViewFromImage(labels).dtype)
-
-
-def carried_shares(labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> dict:
-    """Each label's one-hot mask linearly resampled onto `reference`'s grid, where it reaches.
-
-    Returns label value -> (box, share): box a tuple of 3 slices of the reference grid (array
-    order), share a float32 array of the box's shape in [0, 1], 0 outside the box. Value 0
-    (background, 1 beyond the labels' field of view) covers the whole grid.
-    """
-    array = sitk.GetArrayFromImage(labels)
-    values = np.unique(array)
-    whole = tuple(slice(0, n) for n in Geometry.of(reference).shape)
-    out = {0: (whole, _resampled_share(array == 0, labels, reference, transform, outside=1.0)[1])}
-    for value in values[values != 0]:
-        out[int(value)] = _resampled_share(array == value, labels, reference, transform, outside=0.0)
-    return out
-
-
-def labels_from_shares(shares: dict, dtype) -> np.ndarray:
-    """The label map of `carried_shares`: each voxel the value with the largest share (ties to the
-    higher value, so a bone wins over background)."""
-    best = shares[0][1].copy()
-    out = np.zeros(best.shape, dtype=dtype)
-    for value in sorted(v for v in shares if v != 0):
-        box, share = shares[value]
-        larger = share >= best[box]
-        out[box][larger] = value
-        best[box] = np.maximum(best[box], share)
-    return out
-
-
-def _resampled_share(mask: np.ndarray, like: sitk.Image, reference: sitk.Image, transform: sitk.Transform,
-                     outside: float) -> tuple[tuple[slice, ...], np.ndarray]:
-    """`mask` (on `like`'s grid) as 0/1, linearly resampled onto `reference`; `outside` beyond
-    `like`'s field of view. Returns (box, share) as in `carried_shares`. A label (`outside` 0) is
-    resampled from its bounding box (padded by 2 voxels), where it is 0 around, onto the part of
-    the reference grid that box reaches: the same values, less work."""
-    shape = Geometry.of(reference).shape
-    whole = tuple(slice(0, n) for n in shape)
-    if not mask.any():
-        return whole, np.full(shape, outside, dtype=np.float32)
-    lo, hi = _bounding_box(mask, pad=2) if outside == 0.0 else (np.zeros(3, int), np.asarray(mask.shape))
-    crop = sitk.GetImageFromArray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32))
-    crop.SetSpacing(like.GetSpacing())
-    crop.SetDirection(like.GetDirection())
-    crop.SetOrigin(like.TransformIndexToPhysicalPoint([int(i) for i in lo[::-1]]))
-    box = _reached_box(crop, reference, transform) if outside == 0.0 else whole
-    if box is None:                     # the label lies outside the reference's field of view
-        return (slice(0, 0),) * 3, np.zeros((0, 0, 0), dtype=np.float32)
-    target = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkFloat32)
-    target.SetSpacing(reference.GetSpacing())
-    target.SetDirection(reference.GetDirection())
-    target.SetOrigin(reference.TransformIndexToPhysicalPoint([b.start for b in box[::-1]]))
-    share = sitk.Resample(crop, target, transform, sitk.sitkLinear, outside, sitk.sitkFloat32)
-    return box, sitk.GetArrayFromImage(share)
-
-
-def _reached_box(crop: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> tuple[slice, ...] | None:
-    """The box of `reference`'s grid (array order slices, 1 voxel of margin) that `crop`'s voxels
-    reach through `transform` (reference world -> crop world); the whole grid when the transform
-    has no inverse, None when nothing is reached."""
-    shape = np.asarray(Geometry.of(reference).shape)
-    try:
-        inverse = transform.GetInverse()
-    except RuntimeError:
-        return tuple(slice(0, int(n)) for n in shape)
-    size = np.asarray(crop.GetSize())
-    corners = [crop.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-               for corner in np.stack(np.meshgrid(*[(-1.0, s) for s in size], indexing="ij"), -1).reshape(-1, 3)]
-    index = np.asarray([reference.TransformPhysicalPointToContinuousIndex(inverse.TransformPoint(c))
-                        for c in corners])[:, ::-1]        # array order
-    lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - 1, 0)
-    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 2, shape)
-    if np.any(hi <= lo):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
-def _bounding_box(mask: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    where = np.argwhere(mask)
-    lo = np.maximum(where.min(axis=0) - pad, 0)
-    hi = np.minimum(where.max(axis=0) + pad + 1, mask.shape)
-    return lo, hi
-
-
 def alignment_quality(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
                       carried: np.ndarray) -> Quality:
     """The `Quality` of `transform` (fixed world -> moving world), judged around `carried`, the
@@ -268,7 +174,9 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
 
     The registration starts from the scanner coordinates; when that falls short of `min_quality`
     it is tried again from matched body centres (headers whose origins disagree) and the better
-    of the two kept. The carried labels are then refined on the fixed image's own intensities
+    of the two kept; both are judged on the labels moved as linear shares (`labels_from_shares`,
+    the stair-steps of the moving slices), on which the quality's threshold was set. The labels
+    are then carried shape-based (`carried_levels`) and refined on the fixed image's own intensities
     (`refine_labels`; `refine` False: written as carried). `truth_labels` (the fixed image's own
     labels, when known) adds Dice per label, of the written labels and of the carried ones.
     `save_transform` writes the transform (ITK .tfm, fixed world -> moving world) when the labels
@@ -281,13 +189,16 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
     for start in ("scanner", "centres"):
         registration = register(fixed, moving, affine=affine, start=start, seed=seed, flattened=flat)
         shares = carried_shares(labels, fixed, registration.transform)
-        carried = labels_from_shares(shares, sitk.GetArrayViewFromImage(labels).dtype)
-        quality = alignment_quality(fixed, moving, registration.transform, carried)
-        results.append((quality.value, start, registration, shares, carried, quality))
+        stepped = labels_from_shares(shares, sitk.GetArrayViewFromImage(labels).dtype)
+        quality = alignment_quality(fixed, moving, registration.transform, stepped)
+        results.append((quality.value, start, registration, shares, quality))
         if quality.value >= min_quality or not _centres_disagree(fixed, moving):
             break
-    _, _, registration, shares, carried, quality = max(results, key=lambda r: r[0])
-    final = (refine_labels(sitk.GetArrayViewFromImage(flat[0]), carried, shares, Geometry.of(fixed).axis_spacing_mm)
+    _, _, registration, shares, quality = max(results, key=lambda r: r[0])
+    levels = carried_levels(labels, fixed, registration.transform, shares)
+    geometry = Geometry.of(fixed)
+    carried = labels_from_levels(levels, geometry.shape, sitk.GetArrayViewFromImage(labels).dtype)
+    final = (refine_labels(sitk.GetArrayViewFromImage(flat[0]), carried, level_prior(levels), geometry.axis_spacing_mm)
              if refine else carried)
 
     covered = coverage_of(moving, fixed, registration.transform)
@@ -305,7 +216,7 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
         return result
     if out_labels is None:
         return result
-    write_image(final, Geometry.of(fixed), out_labels)
+    write_image(final, geometry, out_labels)
     if save_transform is not None:
         with atomic_path(Path(save_transform)) as tmp:
             sitk.WriteTransform(registration.transform, str(tmp))
