@@ -10,13 +10,16 @@ the fixed voxels whose centres fall in such a gap need a decision:
   that the moving labels imply. `labels_from_shares` gives each voxel the largest share: the
   stair-steps of the moving slices, moved (what `alignment_quality` judges).
 - `carried_levels`: shape-based interpolation decides the gap. Each label's signed distance to
-  its surface on the moving grid (mm, negative inside), smoothed by `SMOOTH_MM`, is resampled
-  linearly, so the surface runs between slices the way a smooth bone does instead of in steps;
-  then it is shifted so that the gap voxels below 0 bring the bone to the volume of its shares
-  (interpolated distances alone shrink convex bones: about 10 % on phantom hands). Sure voxels
-  stay as they are: a transform that moves nothing gives the labels back exactly.
-- `carry_labels`: the label map of those levels (each voxel the bone with the lowest level
-  below 0); `level_prior`: the probability that a voxel is inside each bone, 1 / (1 + exp(level /
+  its surface on the moving grid (mm, negative inside), smoothed by `SMOOTH_MM` (keeping at each
+  moving voxel centre the sign its label gives), is resampled linearly, so the surface runs
+  between slices the way a smooth bone does instead of in steps; then it is shifted so that the
+  gap voxels below 0 bring the bone to the volume of its shares (interpolated distances alone
+  shrink convex bones: about 10 % on phantom hands). A gap voxel where another bone has the
+  larger share is left to that bone, so bones that touch keep their volumes too. Sure voxels stay
+  as they are: a transform that moves nothing gives the labels back exactly, and one that moves
+  them a small fraction of a voxel in-plane changes few.
+- `carry_labels`: the label map of those levels (each voxel the bone whose level is below 0);
+  `level_prior`: the probability that a voxel is inside each bone, 1 / (1 + exp(level /
   `PRIOR_WIDTH_MM`)), which `refine_labels` weighs against the fixed image's intensities.
 
 Carrying hand phantoms (bones 4-8 mm across on 2.5-3.7 mm slices) with the true motion: mean
@@ -33,6 +36,7 @@ from sabnet.io.geometry import Geometry
 
 SMOOTH_MM = 1.0           # Gaussian smoothing of each bone's signed distance on the moving grid
 PRIOR_WIDTH_MM = 0.4      # level_prior: the log-odds of inside fall by 1 per this much level
+CENTRE_MARGIN_MM = 0.25   # the distance at a moving voxel centre keeps at least this much of its label's sign
 SURE = 1e-5               # shares within this of 0 or 1 are sure
 SURE_LEVEL_MM = 10.0      # the level given to sure voxels (inside: at most -this, outside: at least +this)
 _PAD = 4                  # moving voxels kept around each bone for its distance map
@@ -54,7 +58,7 @@ def carried_shares(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
 
     Returns label value -> (box, share): box a tuple of 3 slices of the reference grid (array
     order), share a float32 array of the box's shape in [0, 1], 0 outside the box. Value 0
-    (background, 1 beyond the labels' field of view) covers the whole grid.
+    (background, also 1 beyond the labels' field of view) covers the whole grid.
     """
     array = sitk.GetArrayFromImage(labels)
     values = np.unique(array)
@@ -91,6 +95,7 @@ def carried_levels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
     shares = carried_shares(labels, reference, transform) if shares is None else shares
     array = sitk.GetArrayFromImage(labels)
     spacing = np.asarray(labels.GetSpacing(), dtype=float)[::-1]
+    winner = _largest_share(shares)
     out = {}
     for value, (box, share) in shares.items():
         if value == 0 or share.size == 0:
@@ -100,24 +105,44 @@ def carried_levels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
         gap = ~(sure_in | sure_out)
         if gap.any():
             distance = _signed_distance(array == value, spacing)
-            if distance is not None:
+            if distance is None:                 # the bone fills its whole crop: nothing to interpolate
+                level[gap] = (0.5 - share[gap]) * 4.0
+            else:
                 lo, crop = distance
                 moved = _resample_crop(crop, lo, labels, reference, box, transform, sitk.sitkLinear, 2 * SURE_LEVEL_MM)
-                in_gap = moved[gap]
-                level[gap] = _shifted_to_volume(in_gap, int(round(float(share.sum()))) - int(np.count_nonzero(sure_in)))
+                # a voxel where another bone has the larger share is that bone's to take: the volume
+                # of this one goes to its own voxels
+                own = gap & ((winner[box] == value) | (winner[box] == 0))
+                wanted = int(round(float(share.sum()))) - int(np.count_nonzero(sure_in))
+                level[own] = _shifted_to_volume(moved[own], share[own], wanted)
+                level[gap & ~own] = np.maximum(moved[gap & ~own], 0) + 1e-3
         out[int(value)] = (box, level)
     return out
 
 
-def _shifted_to_volume(level: np.ndarray, wanted: int) -> np.ndarray:
-    """`level` (1D) shifted so that exactly its `wanted` lowest values are below 0 (ties broken by
-    position), every value at least 1e-3 from 0."""
+def _largest_share(shares: dict) -> np.ndarray:
+    """int32 array of the reference grid: the bone with the largest share at each voxel (ties to the
+    higher value, as in `labels_from_shares`), 0 where no bone has a share."""
+    best = np.zeros(shares[0][1].shape, np.float32)
+    out = np.zeros(best.shape, np.int32)
+    for value in sorted(v for v in shares if v != 0):
+        box, share = shares[value]
+        larger = (share >= best[box]) & (share > 0)
+        out[box][larger] = value
+        best[box] = np.maximum(best[box], share)
+    return out
+
+
+def _shifted_to_volume(level: np.ndarray, share: np.ndarray, wanted: int) -> np.ndarray:
+    """`level` (1D) shifted so that exactly `wanted` of its values are below 0: the lowest, ties
+    broken by the larger `share` (linear share of the same voxels), then by position; every value
+    at least 1e-3 from 0."""
     wanted = min(max(wanted, 0), level.size)
     inside = np.zeros(level.size, bool)
     if wanted == 0:
-        zero = float(level.min())
+        zero = float(level.min()) if level.size else 0.0
     else:
-        chosen = np.argpartition(level, wanted - 1)[:wanted]
+        chosen = np.lexsort((-share, level))[:wanted]
         inside[chosen] = True
         zero = float(level[chosen].max())
     shifted = level - zero
@@ -125,8 +150,9 @@ def _shifted_to_volume(level: np.ndarray, wanted: int) -> np.ndarray:
 
 
 def labels_from_levels(levels: dict, shape: tuple, dtype) -> np.ndarray:
-    """The label map of `carried_levels` on a grid of `shape`: each voxel the bone with the lowest
-    level, where that is below 0 (else 0)."""
+    """The label map of `carried_levels` on a grid of `shape`: each voxel the bone whose level is
+    below 0 there (else 0). `carried_levels` leaves at most one bone below 0 per voxel (a voxel
+    two bones share goes to the larger linear share); were there more, the lowest level wins."""
     best = np.zeros(shape, np.float32)
     out = np.zeros(shape, dtype=dtype)
     for value in sorted(levels):
@@ -145,15 +171,19 @@ def level_prior(levels: dict) -> dict:
 
 def _signed_distance(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(crop start in array order, signed distance in mm on the crop) of `mask`, cropped to its
-    bounding box padded by `_PAD` voxels and smoothed by `SMOOTH_MM`; None when the mask has no
-    voxel outside it (nothing to interpolate)."""
-    lo, hi = _bounding_box(mask, _PAD)
+    bounding box padded by `_PAD` voxels (at least 3 x `SMOOTH_MM`) and smoothed by `SMOOTH_MM`,
+    keeping at each voxel centre at least `CENTRE_MARGIN_MM` of the sign its label gives; None when
+    the mask has no voxel outside it (nothing to interpolate)."""
+    pad = np.maximum(_PAD, np.ceil(3 * SMOOTH_MM / spacing)).astype(int)     # room for the smoothing
+    lo, hi = _bounding_box(mask, pad)
     crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     if crop.all():
         return None
     distance = (ndimage.distance_transform_edt(~crop, sampling=spacing)
                 - ndimage.distance_transform_edt(crop, sampling=spacing))
-    return lo, ndimage.gaussian_filter(distance.astype(np.float32), SMOOTH_MM / spacing)
+    smooth = ndimage.gaussian_filter(distance.astype(np.float32), SMOOTH_MM / spacing)
+    # at the moving voxel centres the labels themselves decide: smoothing may round a corner, not flip a voxel
+    return lo, np.where(crop, np.minimum(smooth, -CENTRE_MARGIN_MM), np.maximum(smooth, CENTRE_MARGIN_MM))
 
 
 def _resampled_share(mask: np.ndarray, like: sitk.Image, reference: sitk.Image, transform: sitk.Transform,
@@ -216,7 +246,9 @@ def _reached_box(crop: sitk.Image, reference: sitk.Image, transform: sitk.Transf
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def _bounding_box(mask: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
+def _bounding_box(mask: np.ndarray, pad) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) array-order corners of `mask`'s bounding box, padded by `pad` voxels (one number or
+    one per axis) and kept inside the array."""
     where = np.argwhere(mask)
     lo = np.maximum(where.min(axis=0) - pad, 0)
     hi = np.minimum(where.max(axis=0) + pad + 1, mask.shape)
