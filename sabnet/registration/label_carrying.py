@@ -72,14 +72,8 @@ def carried_shares(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
 def labels_from_shares(shares: dict, dtype) -> np.ndarray:
     """The label map of `carried_shares`: each voxel the value with the largest share (ties to the
     higher value, so a bone wins over background)."""
-    best = shares[0][1].copy()
-    out = np.zeros(best.shape, dtype=dtype)
-    for value in sorted(v for v in shares if v != 0):
-        box, share = shares[value]
-        larger = share >= best[box]
-        out[box][larger] = value
-        best[box] = np.maximum(best[box], share)
-    return out
+    bone, share = _largest_share(shares)
+    return np.where(share >= shares[0][1], bone, 0).astype(dtype)
 
 
 def carried_levels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform,
@@ -95,7 +89,7 @@ def carried_levels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
     shares = carried_shares(labels, reference, transform) if shares is None else shares
     array = sitk.GetArrayFromImage(labels)
     spacing = np.asarray(labels.GetSpacing(), dtype=float)[::-1]
-    winner = _largest_share(shares)
+    winner = _largest_share(shares)[0]
     out = {}
     for value, (box, share) in shares.items():
         if value == 0 or share.size == 0:
@@ -120,9 +114,9 @@ def carried_levels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
     return out
 
 
-def _largest_share(shares: dict) -> np.ndarray:
-    """int32 array of the reference grid: the bone with the largest share at each voxel (ties to the
-    higher value, as in `labels_from_shares`), 0 where no bone has a share."""
+def _largest_share(shares: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(bone, share) arrays of the reference grid: at each voxel the bone with the largest share
+    (int32; ties to the higher value; 0 where no bone has a share) and that share (float32)."""
     best = np.zeros(shares[0][1].shape, np.float32)
     out = np.zeros(best.shape, np.int32)
     for value in sorted(v for v in shares if v != 0):
@@ -130,7 +124,7 @@ def _largest_share(shares: dict) -> np.ndarray:
         larger = (share >= best[box]) & (share > 0)
         out[box][larger] = value
         best[box] = np.maximum(best[box], share)
-    return out
+    return out, best
 
 
 def _shifted_to_volume(level: np.ndarray, share: np.ndarray, wanted: int) -> np.ndarray:
