@@ -97,19 +97,15 @@ def carried_levels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Tr
         sure_in, sure_out = share >= 1 - SURE, share <= SURE
         level = np.where(sure_in, -SURE_LEVEL_MM, SURE_LEVEL_MM).astype(np.float32)
         gap = ~(sure_in | sure_out)
-        if gap.any():
-            distance = _signed_distance(array == value, spacing)
-            if distance is None:                 # the bone fills its whole crop: nothing to interpolate
-                level[gap] = (0.5 - share[gap]) * 4.0
-            else:
-                lo, crop = distance
-                moved = _resample_crop(crop, lo, labels, reference, box, transform, sitk.sitkLinear, 2 * SURE_LEVEL_MM)
-                # a voxel where another bone has the larger share is that bone's to take: the volume
-                # of this one goes to its own voxels
-                own = gap & ((winner[box] == value) | (winner[box] == 0))
-                wanted = int(round(float(share.sum()))) - int(np.count_nonzero(sure_in))
-                level[own] = _shifted_to_volume(moved[own], share[own], wanted)
-                level[gap & ~own] = np.maximum(moved[gap & ~own], 0) + 1e-3
+        if gap.any():                            # so some moving voxel near the bone is not the bone
+            lo, crop = _signed_distance(array == value, spacing)
+            moved = _resample_crop(crop, lo, labels, reference, box, transform, sitk.sitkLinear, 2 * SURE_LEVEL_MM)
+            # a voxel where another bone has the larger share is that bone's to take: the volume of
+            # this one goes to its own voxels
+            own = gap & ((winner[box] == value) | (winner[box] == 0))
+            wanted = int(round(float(share.sum()))) - int(np.count_nonzero(sure_in))
+            level[own] = _shifted_to_volume(moved[own], share[own], wanted)
+            level[gap & ~own] = np.maximum(moved[gap & ~own], 0) + 1e-3
         out[int(value)] = (box, level)
     return out
 
@@ -163,16 +159,14 @@ def level_prior(levels: dict) -> dict:
             for value, (box, level) in levels.items()}
 
 
-def _signed_distance(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _signed_distance(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(crop start in array order, signed distance in mm on the crop) of `mask`, cropped to its
     bounding box padded by `_PAD` voxels (at least 3 x `SMOOTH_MM`) and smoothed by `SMOOTH_MM`,
-    keeping at each voxel centre at least `CENTRE_MARGIN_MM` of the sign its label gives; None when
-    the mask has no voxel outside it (nothing to interpolate)."""
+    keeping at each voxel centre at least `CENTRE_MARGIN_MM` of the sign its label gives. The mask
+    must not fill the whole array (then nothing needs interpolating)."""
     pad = np.maximum(_PAD, np.ceil(3 * SMOOTH_MM / spacing)).astype(int)     # room for the smoothing
     lo, hi = _bounding_box(mask, pad)
     crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    if crop.all():
-        return None
     distance = (ndimage.distance_transform_edt(~crop, sampling=spacing)
                 - ndimage.distance_transform_edt(crop, sampling=spacing))
     smooth = ndimage.gaussian_filter(distance.astype(np.float32), SMOOTH_MM / spacing)

@@ -150,3 +150,15 @@ def test_a_shift_of_a_fraction_of_a_voxel_in_plane_changes_almost_nothing():
     assert np.array_equal(carried, truth)
     changed = carry_labels(labels, moving, sitk.TranslationTransform(3, (0.3, 0.0, 0.0))) != truth
     assert np.count_nonzero(changed) <= 0.02 * np.count_nonzero(truth) and not (changed & ~surface).any()
+
+
+def test_a_label_map_that_is_one_bone_everywhere_is_carried_as_it_is():
+    """Every moving voxel is the bone: nothing to interpolate, the bone covers what the moving scan covers."""
+    moving = _grid((20, 24, 9), (1.0, 1.0, 4.0))
+    image = sitk.GetImageFromArray(np.full(Geometry.of(moving).shape, 3, np.uint8))
+    image.CopyInformation(moving)
+    fixed = _grid((20, 24, 12), (1.0, 1.0, 4.0), shift_mm=(0.4, 0.0, 9.5))         # 2-3 slices beyond it
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    carried = carry_labels(image, fixed, identity)
+    stepped = labels_from_shares(carried_shares(image, fixed, identity), np.uint8)
+    assert np.array_equal(carried, stepped) and set(np.unique(carried)) == {0, 3}
