@@ -34,6 +34,7 @@ setup(
         "batchgenerators>=0.25",
         "SimpleITK>=2.3",
         "scikit-image>=0.21",
+        "scikit-learn>=1.2",
         "scipy>=1.10",
         "numpy>=1.24",
         "pandas>=2.0",

@@ -88,14 +88,14 @@ def read_pairs(path: Path | str, dataset: RawDataset) -> list[TransferPair]:
 def transfer_cohort(dataset: RawDataset, pairs: list[TransferPair], report: Path, out_dir: Path | None = None,
                     min_quality: float = DEFAULT_MIN_QUALITY, overwrite: bool = False,
                     transforms_dir: Path | None = None, skipped: list[dict] | None = None,
-                    progress: bool = True, refine: bool = True) -> pd.DataFrame:
+                    progress: bool = True, refine: bool = True, super_resolve: bool = True) -> pd.DataFrame:
     """Transfer labels for every pair and write the `report` CSV (rewritten after each pair).
 
     out_dir: where the labels go, `{fixed case}{file_ending}` (default the dataset's labelsTr); an
     existing file there is kept unless `overwrite` (the pair is then only checked). When the
     target has labels of its own in the dataset, the report gives the Dice against them.
-    transforms_dir: also write `{fixed case}.tfm` for each written pair. refine: refine the carried
-    labels on the fixed image (`transfer_labels`). A pair that fails
+    transforms_dir: also write `{fixed case}.tfm` for each written pair. refine, super_resolve: as
+    in `transfer_labels`. A pair that fails
     (unreadable file, no overlap) is reported and the others go on.
     Returns the report table, one row per pair (plus the `skipped` rows given).
     """
@@ -116,7 +116,8 @@ def transfer_cohort(dataset: RawDataset, pairs: list[TransferPair], report: Path
                 dataset.case(pair.fixed).image_files[0], dataset.case(pair.moving).image_files[0], moving_labels,
                 out if overwrite or not out.exists() else None, min_quality=min_quality,
                 truth_labels=own if own is not None and own.is_file() else None,
-                save_transform=transforms_dir / f"{pair.fixed}.tfm" if transforms_dir else None, refine=refine)
+                save_transform=transforms_dir / f"{pair.fixed}.tfm" if transforms_dir else None, refine=refine,
+                super_resolve=super_resolve)
         except RuntimeError as e:        # ITK on a file it cannot handle: report it, go on with the others
             rows.append({**row, "status": SKIPPED, "reason": str(e).strip().splitlines()[-1]})
         except SabnetError as e:
@@ -129,7 +130,7 @@ def transfer_cohort(dataset: RawDataset, pairs: list[TransferPair], report: Path
                        sharpness=result.quality.sharpness, worst_bone=names.get(worst, worst),
                        worst_bone_sharpness=bones.get(worst), stage=result.registration.stage,
                        start=result.registration.start, coverage=result.coverage,
-                       refined_voxels=result.refined_voxels,
+                       fine_slices=result.fine_slices, refined_voxels=result.refined_voxels,
                        labels_file=str(out) if result.written else "", seconds=round(time.perf_counter() - start, 1))
             for value, dice in result.dice.items():
                 row[f"dice_{names.get(value, value)}"] = dice

@@ -4,9 +4,12 @@ The paper brings non-T1 sequences into training this way: register the annotated
 (moving) to the other sequence (fixed), move its labels onto the fixed grid, and keep the result
 only when the alignment is convincing.
 
+- `super_resolve_labels` (slice_super_resolution.py) first decides, on a grid 3-5 times finer
+  along the moving slice axis, how far each bone reaches between two thick slices, taught by the
+  moving image's own in-plane detail.
 - `carry_labels` (label_carrying.py) moves a label map through a transform: linear shares of each
   label's one-hot mask where the moving voxels agree, shape-based interpolation of its signed
-  distance in the gaps between thick slices, keeping each bone's volume. Those levels are also
+  distance in the gaps between (fine) slices, keeping each bone's volume. Those levels are also
   the prior with which `refine_labels` (label_refinement.py) decides the unsure band around each
   bone on the fixed image's own intensities.
 - `alignment_quality` says whether the bones are really aligned (see `Quality`).
@@ -30,6 +33,7 @@ from sabnet.registration.label_carrying import (carried_levels, carried_shares, 
                                                  level_prior)
 from sabnet.registration.label_refinement import refine_labels
 from sabnet.registration.rigid_affine import Registration, body_mask, flatten_bias, mask_centre_mm, register
+from sabnet.registration.slice_super_resolution import super_resolve_labels
 
 DEFAULT_MIN_QUALITY = 0.2
 QUALITY_SHIFT_MM = 3.0      # how far the result is moved to see whether the agreement depends on it
@@ -86,6 +90,8 @@ class TransferResult:
     coverage: fraction of the fixed image's body that the moving image covers (labels can only be
         transferred there). labels: transferred voxels per label value (after refinement).
     refined_voxels: voxels whose label the refinement changed (0 without it).
+    fine_slices: fine voxels per moving slice that the labels were super-resolved to before they
+        were carried (1: carried as given: thin slices, or super-resolution off).
     dice: per label value and "all" (any bone), against `truth_labels` inside that covered part,
         when truth was given; dice_carried: the same for the labels before refinement.
     reason: why nothing was written ("" when written).
@@ -97,6 +103,7 @@ class TransferResult:
     coverage: float
     labels: dict[int, int] = field(default_factory=dict)
     refined_voxels: int = 0
+    fine_slices: int = 1
     dice: dict = field(default_factory=dict)
     dice_carried: dict = field(default_factory=dict)
     reason: str = ""
@@ -167,7 +174,8 @@ def _entropy(p: np.ndarray) -> float:
 def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_labels: Path | str,
                     out_labels: Path | str | None, min_quality: float = DEFAULT_MIN_QUALITY,
                     truth_labels: Path | str | None = None, save_transform: Path | str | None = None,
-                    affine: bool = True, seed: int = 1, refine: bool = True) -> TransferResult:
+                    affine: bool = True, seed: int = 1, refine: bool = True,
+                    super_resolve: bool = True) -> TransferResult:
     """Register `moving_image` (the annotated sequence) to `fixed_image`, carry `moving_labels` over
     and write them to `out_labels` on the fixed grid, unless the quality is below `min_quality`
     (`out_labels` None: judge only, write nothing).
@@ -176,8 +184,9 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
     it is tried again from matched body centres (headers whose origins disagree) and the better
     of the two kept; both are judged on the labels moved as linear shares (`labels_from_shares`,
     the stair-steps of the moving slices), on which the quality's threshold was set. The labels
-    are then carried shape-based (`carried_levels`) and refined on the fixed image's own intensities
-    (`refine_labels`; `refine` False: written as carried). `truth_labels` (the fixed image's own
+    are then super-resolved along the moving slice axis (`super_resolve_labels`, when the moving
+    slices are thick and `super_resolve`), carried shape-based (`carried_levels`) and refined on
+    the fixed image's own intensities (`refine_labels`; `refine` False: written as carried). `truth_labels` (the fixed image's own
     labels, when known) adds Dice per label, of the written labels and of the carried ones.
     `save_transform` writes the transform (ITK .tfm, fixed world -> moving world) when the labels
     are written. Nothing is written for a refused pair; an existing `out_labels` is left alone.
@@ -195,6 +204,10 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
         if quality.value >= min_quality or not _centres_disagree(fixed, moving):
             break
     _, _, registration, shares, quality = max(results, key=lambda r: r[0])
+    fine = super_resolve_labels(labels, flat[1], seed=seed) if super_resolve else None
+    fine_slices = 1 if fine is None else max(f // n for f, n in zip(fine.GetSize(), labels.GetSize()))
+    if fine is not None:
+        labels, shares = fine, carried_shares(fine, fixed, registration.transform)
     levels = carried_levels(labels, fixed, registration.transform, shares)
     geometry = Geometry.of(fixed)
     carried = labels_from_levels(levels, geometry.shape, sitk.GetArrayViewFromImage(labels).dtype)
@@ -206,7 +219,8 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
     present = {int(v): int(n) for v, n in zip(*np.unique(final, return_counts=True)) if v != 0}
     result = TransferResult(quality=quality, written=False, registration=registration,
                             coverage=float(np.count_nonzero(covered & body) / max(np.count_nonzero(body), 1)),
-                            labels=present, refined_voxels=int(np.count_nonzero(final != carried)))
+                            labels=present, refined_voxels=int(np.count_nonzero(final != carried)),
+                            fine_slices=fine_slices)
     if truth_labels is not None:
         truth = sitk.GetArrayFromImage(_read_labels(truth_labels, fixed, fixed_image, need_bones=False))
         result.dice = dice_per_label(truth, final, covered)
