@@ -35,6 +35,7 @@ setup(
         "SimpleITK>=2.3",
         "scikit-image>=0.21",
         "scikit-learn>=1.2",
+        "threadpoolctl>=3.1",
         "scipy>=1.10",
         "numpy>=1.24",
         "pandas>=2.0",

@@ -109,6 +109,17 @@ class Geometry:
         """Field of view per array axis, mm (voxels times spacing)."""
         return tuple(n * s for n, s in zip(self.shape, self.axis_spacing_mm))
 
+    def subdivided(self, axis: int, factor: int) -> "Geometry":
+        """This grid with `factor` (odd) voxels per voxel along array `axis`, centred so that fine
+        voxel factor * k + factor // 2 lies on voxel k's centre (the same field of view)."""
+        if factor < 1 or factor % 2 == 0:
+            raise ValueError(f"subdivide by an odd factor (got {factor}), so that voxel centres stay voxel centres")
+        spacing, shape = list(self.axis_spacing_mm), list(self.shape)
+        step = spacing[axis]
+        spacing[axis], shape[axis] = step / factor, shape[axis] * factor
+        origin = np.asarray(self.origin_mm) - self.axis_vectors[axis] * step * (factor // 2) / factor
+        return Geometry.from_axes(shape, spacing, self.axis_vectors, origin)
+
     # ---- coordinates ----------------------------------------------------------------------
     def index_to_world(self, index: np.ndarray) -> np.ndarray:
         """(N, 3) array-order (continuous) indices -> (N, 3) world LPS positions, mm."""

@@ -167,15 +167,18 @@ class Phantom:
     slice_axis: int
     plane: str
     label_ids: dict[str, int]
+    fine_labels: np.ndarray | None = None
 
 
 def make_phantom(location: str = "knee", sequence: str = "T1", seed: int = 0, *, plane: str = "sagittal",
                  in_plane_spacing_mm: tuple[float, float] = (0.4, 1.0), slice_spacing_mm: tuple[float, float] = (2.5, 4.0),
-                 in_plane_size: int = 256, n_slices: int | None = None, permute_axes: bool = False) -> Phantom:
+                 in_plane_size: int = 256, n_slices: int | None = None, permute_axes: bool = False,
+                 sub_slices: int = 1) -> Phantom:
     """One phantom scan in memory (no files): subject 0 of `seed` at `location`, in `plane`.
 
     Same meaning of the arguments as in `make_phantom_dataset`; labels use the ids of `location`
-    alone (1..n in the order of BONES[location]).
+    alone (1..n in the order of BONES[location]). sub_slices (odd) > 1: also sample the labels
+    that many times per slice (`Phantom.fine_labels`), the truth a super-resolution is measured on.
     """
     _check([location], [sequence], 1, 0, [plane], in_plane_spacing_mm, slice_spacing_mm, in_plane_size, n_slices,
            "Dataset900_Phantoms")
@@ -185,7 +188,11 @@ def make_phantom(location: str = "knee", sequence: str = "T1", seed: int = 0, *,
     geometry, slice_axis = plan_geometry(scan_rng, plane, anatomy, placement, in_plane_spacing_mm, slice_spacing_mm,
                                          in_plane_size, n_slices, permute_axes)
     result = render(anatomy, geometry, slice_axis, placement, sequence, ids, scan_rng)
-    return Phantom(result.image, result.labels, result.tissue, geometry, slice_axis, plane, ids)
+    fine = None
+    if sub_slices > 1:
+        fine = render(anatomy, geometry.subdivided(slice_axis, sub_slices), slice_axis, placement, sequence, ids,
+                      np.random.default_rng([seed, 0, 3])).labels
+    return Phantom(result.image, result.labels, result.tissue, geometry, slice_axis, plane, ids, fine)
 
 
 def _subject(location: str, seed: int, index: int):

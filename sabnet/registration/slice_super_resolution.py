@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage, stats
 from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
 
 from sabnet.io.geometry import Geometry
 from sabnet.registration.label_carrying import SURE_LEVEL_MM, carried_levels
@@ -53,7 +54,7 @@ def super_resolve_labels(labels: sitk.Image, image: sitk.Image, seed: int = 0) -
     best bias-flattened (any real type). factor: the odd number nearest above or at the slice /
     pixel spacing ratio (3 for 3.6 mm slices of 1.2 mm pixels); fine voxels are centred so that
     every `factor`-th one (starting at factor // 2) sits on an original voxel centre and keeps its
-    label. Deterministic for a `seed`.
+    label (`Geometry.subdivided`). Deterministic for a `seed`.
     """
     array = sitk.GetArrayFromImage(labels)
     spacing = np.asarray(labels.GetSpacing(), dtype=float)[::-1]        # array order
@@ -75,8 +76,9 @@ def super_resolve_labels(labels: sitk.Image, image: sitk.Image, seed: int = 0) -
     if len(counts) > MAX_EXAMPLES:
         keep = rng.choice(len(counts), MAX_EXAMPLES, replace=False)
         features, counts = features[keep], counts[keep]
-    classifier = HistGradientBoostingClassifier(**{**CLASSIFIER, "random_state": seed}).fit(features, counts)
-    index, direction, probabilities = _end_probabilities(classifier, values, array, axis, ratio)
+    with threadpool_limits(1):          # two OpenMP threads fitted these small trees 5x slower than one
+        classifier = HistGradientBoostingClassifier(**{**CLASSIFIER, "random_state": seed}).fit(features, counts)
+        index, direction, probabilities = _end_probabilities(classifier, values, array, axis, ratio)
     factor = ratio if ratio % 2 else ratio + 1
     reach = _reach(probabilities, counts, shape_reach(labels, index, direction, axis, factor))
     return _fine_labels(labels, array, axis, factor, index, direction, reach)
@@ -89,17 +91,6 @@ def slab_weights(ratio: int) -> np.ndarray:
     if ratio % 2 == 0:
         weights[[0, -1]] = 0.5
     return weights / weights.sum()
-
-
-def fine_grid(image: sitk.Image, axis: int, factor: int) -> Geometry:
-    """The grid of `image` with `factor` (odd) voxels per voxel along array `axis`, centred so that
-    fine voxel factor * k + factor // 2 lies on voxel k's centre."""
-    geometry = Geometry.of(image)
-    spacing, shape = list(geometry.axis_spacing_mm), list(geometry.shape)
-    step = spacing[axis]
-    spacing[axis], shape[axis] = step / factor, shape[axis] * factor
-    origin = np.asarray(geometry.origin_mm) - geometry.axis_vectors[axis] * step * (factor // 2) / factor
-    return Geometry.from_axes(shape, spacing, geometry.axis_vectors, origin)
 
 
 def bone_ends(labels: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -214,9 +205,9 @@ def _end_probabilities(classifier: HistGradientBoostingClassifier, values: np.nd
 def shape_reach(labels: sitk.Image, index: np.ndarray, direction: np.ndarray, axis: int, factor: int) -> np.ndarray:
     """How far into the gap beyond each bone end shape-based interpolation puts the surface
     (fraction of the gap to the next centre, 0-1): where the end's label's level from
-    `carried_levels` on `fine_grid(labels, axis, factor)` crosses 0 between the end's centre and
+    `carried_levels` on `Geometry.of(labels).subdivided(axis, factor)` crosses 0 between the end's centre and
     the next one. index (n, 3) array order, direction +-1 along `axis`."""
-    geometry = fine_grid(labels, axis, factor)
+    geometry = Geometry.of(labels).subdivided(axis, factor)
     levels = carried_levels(labels, geometry.apply_to(sitk.Image(geometry.size, sitk.sitkUInt8)),
                             sitk.Transform(3, sitk.sitkIdentity))
     value = sitk.GetArrayViewFromImage(labels)[tuple(index.T)]
@@ -258,7 +249,7 @@ def _reach(probabilities: np.ndarray, counts: np.ndarray, prior_reach: np.ndarra
 
 def _fine_labels(labels: sitk.Image, array: np.ndarray, axis: int, factor: int, index: np.ndarray,
                  direction: np.ndarray, reach: np.ndarray) -> sitk.Image:
-    """The label map on `fine_grid(labels, axis, factor)`: each fine voxel the label of the voxel
+    """The label map on `Geometry.of(labels).subdivided(axis, factor)`: each fine voxel the label of the voxel
     it lies in, then between each bone end and the next centre, fine voxel j (1 .. factor - 1
     beyond the end's centre) the bone's where j / factor < reach, background beyond."""
     fine = np.repeat(array, factor, axis=axis)
@@ -268,5 +259,5 @@ def _fine_labels(labels: sitk.Image, array: np.ndarray, axis: int, factor: int, 
         where[:, axis] = factor * index[:, axis] + factor // 2 + direction * step
         fine[tuple(where.T)] = np.where(step / factor < reach, value, 0)
     image = sitk.GetImageFromArray(fine)
-    fine_grid(labels, axis, factor).apply_to(image)
+    Geometry.of(labels).subdivided(axis, factor).apply_to(image)
     return image
