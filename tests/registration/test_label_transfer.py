@@ -296,12 +296,13 @@ def test_cohort_writes_missing_labels_checks_existing_ones_and_refuses_wrong_pai
         assert value >= min(0.95, ceiling[bone] - 0.02), (bone, value, ceiling[bone])
 
 
-def test_cohort_without_refinement_writes_the_labels_as_carried(phantoms, tmp_path, capsys):
+def test_cohort_without_refinement_or_super_resolution_writes_the_labels_as_carried(phantoms, tmp_path, capsys):
     source, truth = phantoms
     knee = truth["pairs"][2]
     (tmp_path / "pairs.json").write_text(json.dumps([{"moving": knee["first"], "fixed": knee["second"]}]))
     report = tmp_path / "report.csv"
     assert main(["-d", str(source), "--pairs", str(tmp_path / "pairs.json"), "--rigid-only", "--no-refine",
-                 "--report", str(report)]) == 0
+                 "--no-super-resolution", "--report", str(report)]) == 0
     row = pd.read_csv(report).iloc[0]
     assert row.status == "checked (labels exist)" and row.refined_voxels == 0 and row.dice_all >= 0.95
+    assert row.fine_slices == 1                  # carried slice by slice, as given

@@ -7,7 +7,7 @@ from sabnet.io.geometry import Geometry
 from sabnet.phantoms.cohort import make_phantom
 from sabnet.registration.label_carrying import carry_labels
 from sabnet.registration.rigid_affine import body_mask, flatten_bias
-from sabnet.registration.slice_super_resolution import super_resolve_labels
+from sabnet.registration.slice_super_resolution import fine_factor, super_resolve_labels
 
 
 def _scan(location, sequence, seed, plane, slice_mm=3.6):
@@ -24,25 +24,28 @@ def _wrong_voxels(labels: np.ndarray, truth: np.ndarray) -> int:
 
 
 @pytest.mark.parametrize("location, sequence, seed, plane, at_most", [
-    ("hand", "T1", 3, "sagittal", 0.75),     # fingers across 3.6 mm slices
-    ("knee", "PD", 2, "sagittal", 0.6),
-    ("hand", "STIR", 4, "sagittal", 0.95),   # marrow and fat both dark: the image tells less
+    ("hand", "T1", 3, "sagittal", 0.7),      # fingers across 3.6 mm slices
+    ("knee", "PD", 2, "sagittal", 0.55),
+    ("hand", "STIR", 4, "sagittal", 0.85),   # marrow and fat both dark: the image tells less
 ])
 def test_super_resolved_labels_know_better_than_shape_alone_where_bones_end(location, sequence, seed, plane,
                                                                              at_most):
     phantom, image, labels = _scan(location, sequence, seed, plane)
     fine = super_resolve_labels(labels, image)
-    fine_geometry = phantom.geometry.subdivided(phantom.slice_axis, 3)
-    assert Geometry.of(fine).matches(fine_geometry)
+    factor = fine_factor(3)                                  # 3.6 mm slices of 1.2 mm pixels
+    assert Geometry.of(fine).matches(phantom.geometry.subdivided(phantom.slice_axis, factor))
     array = sitk.GetArrayFromImage(fine)
     assert array.dtype == phantom.labels.dtype and set(np.unique(array)) <= set(np.unique(phantom.labels))
     # every original slice centre keeps its label
-    centres = np.take(array, np.arange(1, array.shape[phantom.slice_axis], 3), axis=phantom.slice_axis)
+    centres = np.take(array, np.arange(factor // 2, array.shape[phantom.slice_axis], factor), axis=phantom.slice_axis)
     assert np.array_equal(centres, phantom.labels)
-    # between the centres: fewer wrong voxels than the shape-based interpolation of the labels alone
-    shape_based = carry_labels(labels, fine_geometry.apply_to(sitk.Image(fine_geometry.size, sitk.sitkUInt8)),
-                               sitk.Transform(3, sitk.sitkIdentity))
-    wrong, wrong_by_shape = _wrong_voxels(array, phantom.fine_labels), _wrong_voxels(shape_based, phantom.fine_labels)
+    # between the centres (3 sub-slices per slice, where the truth is known): fewer wrong voxels
+    # than the shape-based interpolation of the labels alone
+    truth_geometry = phantom.geometry.subdivided(phantom.slice_axis, 3)
+    truth_grid = truth_geometry.apply_to(sitk.Image(truth_geometry.size, sitk.sitkUInt8))
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    wrong = _wrong_voxels(carry_labels(fine, truth_grid, identity), phantom.fine_labels)
+    wrong_by_shape = _wrong_voxels(carry_labels(labels, truth_grid, identity), phantom.fine_labels)
     print(f"{location} {sequence} {plane}: wrong fine voxels {wrong} against {wrong_by_shape} by shape alone")
     assert wrong < at_most * wrong_by_shape
 
