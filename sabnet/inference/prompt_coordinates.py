@@ -27,10 +27,14 @@ from sabnet.io.geometry import Geometry
 from sabnet.io.slice_frame import SliceFrame
 
 COORDINATE_SYSTEMS = ("ijk", "lps", "ras")
+SNAP_VOXELS = 1e-6
 
 
 def to_array_index(positions: np.ndarray, coordinates: str, geometry: Geometry) -> np.ndarray:
-    """(N, 3) positions in `coordinates` -> (N, 3) continuous array-order indices of the input."""
+    """(N, 3) positions in `coordinates` -> (N, 3) continuous array-order indices of the input.
+
+    World positions within SNAP_VOXELS of a voxel centre land exactly on it: a centre converted to
+    mm and back differs from its index by float rounding, and a prompt must not move with it."""
     positions = np.asarray(positions, dtype=float).reshape(-1, 3)
     if coordinates == "ijk":
         return positions[:, ::-1]
@@ -38,7 +42,9 @@ def to_array_index(positions: np.ndarray, coordinates: str, geometry: Geometry) 
         positions = positions * [-1, -1, 1]
     elif coordinates != "lps":
         raise SabnetError(f"prompt coordinates {coordinates!r} must be one of {', '.join(COORDINATE_SYSTEMS)}")
-    return geometry.world_to_index(positions)
+    index = geometry.world_to_index(positions)
+    nearest = np.round(index)
+    return np.where(np.abs(index - nearest) < SNAP_VOXELS, nearest, index)
 
 
 def array_index_to_preprocessed(index: np.ndarray, properties: dict) -> np.ndarray:

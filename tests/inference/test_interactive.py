@@ -70,3 +70,19 @@ def test_world_coordinates_land_on_the_same_voxel(session_and_case):
     rb = b.add_point(tuple(ras), "femur", coordinates="ras")[0]
     assert (ra.axis, ra.index) == (rb.axis, rb.index)
     np.testing.assert_array_equal(ra.plane, rb.plane)
+
+
+def test_voxel_centres_in_world_coordinates_come_back_exactly():
+    from sabnet.inference.prompt_coordinates import to_array_index
+    from sabnet.io.geometry import Geometry
+
+    angle = np.deg2rad(17.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    geometry = Geometry.from_axes((23, 83, 97), (3.7, 0.43, 0.43), rotation, (-101.3, 37.9, 12.1))
+    rng = np.random.default_rng(0)
+    index = np.column_stack([rng.integers(0, n, 50) for n in geometry.shape])
+    lps = geometry.index_to_world(index)
+    np.testing.assert_array_equal(to_array_index(lps, "lps", geometry), index)
+    np.testing.assert_array_equal(to_array_index(lps * [-1, -1, 1], "ras", geometry), index)
+    half = to_array_index(geometry.index_to_world(index + 0.5), "lps", geometry)
+    np.testing.assert_allclose(half, index + 0.5, atol=1e-9)  # between centres stays continuous
