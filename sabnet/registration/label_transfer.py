@@ -4,7 +4,7 @@ The paper brings non-T1 sequences into training this way: register the annotated
 (moving) to the other sequence (fixed), move its labels onto the fixed grid, and keep the result
 only when the alignment is convincing.
 
-- `super_resolve_labels` (slice_super_resolution.py) first decides, on a grid 3-5 times finer
+- `super_resolve_labels` (slice_super_resolution.py) first decides, on a grid 5-7 times finer
   along the moving slice axis, how far each bone reaches between two thick slices, taught by the
   moving image's own in-plane detail.
 - `carry_labels` (label_carrying.py) moves a label map through a transform: linear shares of each
