@@ -93,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"quality {q.value:.2f} (all bones {q.sharpness:.2f}"
           + (f", worst bone: label {worst} {q.bone_sharpness[worst]:.2f}" if worst is not None else "")
           + f"; nmi {q.nmi:.3f}); {result.registration.stage} "
-          f"registration from {result.registration.start} coordinates; moving image covers "
+          f"registration from {result.registration.start} coordinates"
+          + (f" (best metric of {result.tries} tries)" if result.tries > 1 else "") + "; moving image covers "
           f"{100 * result.coverage:.0f}% of the fixed body")
     if result.fine_slices > 1:
         print(f"labels super-resolved to {result.fine_slices} fine voxels per moving slice on the moving image")

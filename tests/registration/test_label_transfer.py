@@ -174,6 +174,31 @@ def test_the_affine_stage_takes_up_a_scale_difference_between_the_scans(phantoms
     assert result.dice["all"] >= 0.95
 
 
+def test_a_try_that_lands_in_a_wrong_optimum_is_repeated_with_fresh_samples(phantoms, tmp_path, monkeypatch):
+    import sabnet.registration.label_transfer as label_transfer
+    from sabnet.registration.rigid_affine import Registration
+
+    dataset, truth = phantoms
+    pair = truth["pairs"][0]
+    real, tries = label_transfer.register, []
+
+    def register(*args, start, seed, **kwargs):
+        tries.append((start, seed))
+        found = real(*args, start=start, seed=seed, **kwargs)
+        if len(tries) > 1:
+            return found
+        wrong = sitk.AffineTransform(found.transform)    # the first try stops 8 mm off, as a wrong optimum does
+        wrong.SetTranslation(np.add(wrong.GetTranslation(), [0.0, 0.0, 8.0]).tolist())
+        return Registration(wrong, found.stage, found.start, found.metric / 2)   # at a worse metric
+
+    monkeypatch.setattr(label_transfer, "register", register)
+    result = transfer_labels(_image(dataset, pair["second"]), _image(dataset, pair["first"]),
+                             _labels(dataset, pair["first"]), tmp_path / "out.nii.gz",
+                             truth_labels=_labels(dataset, pair["second"]))
+    assert tries == [("scanner", 1), ("scanner", 2)] and result.tries == 2
+    assert result.written and result.quality.value >= DEFAULT_MIN_QUALITY and result.dice["all"] >= 0.95
+
+
 def test_a_flipped_image_is_refused_with_exit_status_2_and_nothing_written(phantoms, tmp_path, capsys):
     dataset, truth = phantoms
     pair = truth["pairs"][0]
