@@ -68,10 +68,10 @@ class Quality:
         good PD->STIR pairs (0.13: a knee and a shoulder, both within 0.001 Dice of the true motion);
         on 24 wrong pairs (another subject, voxels flipped under their header) 0.18 or less,
         except two whose labels were right all the same: a flipped spine that is its own mirror
-        image (0.34, Dice 0.96) and a hip onto a look-alike subject (0.26, Dice 0.95). With the
-        tries of `_registration_starts` (stop 16) a third passes, another subject's spine (0.24,
-        Dice 0.94), and the highest wrong pair with bad labels scores 0.12 (Dice 0.61).
-        `DEFAULT_MIN_QUALITY` is 0.2. Judged on the bias-flattened images that registration aligns,
+        image (0.34, Dice 0.96) and a hip onto a look-alike subject (0.26, Dice 0.95). Since each
+        pair below the threshold gets the further tries of `_registration_starts` (stop 16), one
+        more wrong pair passes, another subject's spine (0.24, Dice 0.94), and the highest wrong
+        pair with bad labels scores 0.12 (Dice 0.61). `DEFAULT_MIN_QUALITY` is 0.2. Judged on the bias-flattened images that registration aligns,
         the good pairs scored as high or higher (the PD->STIR shoulder 0.27, the knee 0.145) but so
         did wrong ones: a third passed (another subject's spine, 0.18 -> 0.24, Dice 0.95 all the
         same) and the highest wrong pair with bad labels came to 0.195 (Dice 0.64); so the raw
@@ -189,13 +189,13 @@ def transfer_labels(fixed_image: Path | str, moving_image: Path | str, moving_la
     (and of `DEFAULT_MIN_QUALITY`, so that a benchmark that writes every pair tries as the default
     does) it is tried again with fresh metric samples, then from matched body centres (headers
     whose origins disagree), and the try with the best metric kept (`_registration_starts`);
-    each is judged on the
-    labels moved as linear shares (`labels_from_shares`, the stair-steps of the moving slices), on
-    which the quality's threshold was set. The labels
-    are then super-resolved along the moving slice axis (`super_resolve_labels`, when the moving
-    slices are thick and `super_resolve`), carried shape-based (`carried_levels`) and refined on
-    the fixed image's own intensities (`refine_labels`; `refine` False: written as carried). `truth_labels` (the fixed image's own
-    labels, when known) adds Dice per label, of the written labels and of the carried ones.
+    each is judged on the labels moved as linear shares (`labels_from_shares`, the stair-steps of
+    the moving slices), on which the quality's threshold was set. The labels are then
+    super-resolved along the moving slice axis (`super_resolve_labels`, when the moving slices are
+    thick and `super_resolve`), carried shape-based (`carried_levels`) and refined on the fixed
+    image's own intensities (`refine_labels`; `refine` False: written as carried). `truth_labels`
+    (the fixed image's own labels, when known) adds Dice per label, of the written labels and of
+    the carried ones.
     `save_transform` writes the transform (ITK .tfm, fixed world -> moving world) when the labels
     are written. Nothing is written for a refused pair; an existing `out_labels` is left alone.
     """
