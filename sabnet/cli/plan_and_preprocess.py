@@ -15,7 +15,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True, help="dataset id (1), name (Dataset001_X) or raw folder path")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--binary", action="store_true", help="merge all labels into one 'bone' label, as the published model")
-    p.add_argument("--sam-checkpoint", help="official SAM checkpoint (.pth): plan its architecture (vit_b/l/h)")
+    p.add_argument("--sam-checkpoint", help="pretrained weights (.pth: SAM vit_b/l/h, MobileSAM, SegmentAnyBone): plan "
+                                            "their architecture")
+    p.add_argument("--variant", help="model variant (default: the planner's; sab_tiny, lite_medsam_frozen, lite_medsam, "
+                                     "sab_small)")
     p.add_argument("--memory-target-gb", type=float, help="memory for one training step (GPU or CPU) to size batches")
     p.add_argument("--device", choices=["cpu", "gpu"], default=None,
                    help="what training will run on (default: gpu if one is visible, else cpu)")
@@ -36,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         import torch
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
-    options = PlanningOptions(args.binary, args.sam_checkpoint, args.memory_target_gb, device)
+    options = PlanningOptions(args.binary, args.sam_checkpoint, args.memory_target_gb, device, args.variant)
     print(f"reading {ref.raw_dir}\nwriting {ref.preprocessed_dir}")
     result = plan_and_preprocess(ref, options, args.num_processes, args.verify, args.replan, args.plan_only)
     if result.verification is not None:
@@ -48,8 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     plan = result.plan
     print(f"\nplan {'reused (as edited)' if result.plan_reused else 'written'}: {result.folder / 'plans.json'}")
     print(f"  slices: {plan.preprocessing.majority_plane} majority; target in-plane spacing {plan.preprocessing.target_spacing_mm} mm")
-    print(f"  model: {plan.model['variant']} at {plan.model['image_size']} px, window {plan.model['window_size']}, "
-          f"batch {plan.training.batch_size}, labels {', '.join(l for l in plan.labels if l != 'background')}")
+    print(f"  model: {plan.model['variant']} at {plan.model['image_size']} px, batch {plan.training.batch_size}, "
+          f"labels {', '.join(l for l in plan.labels if l != 'background')}"
+          + (f"; pretrained weights {plan.training.pretrained_weights}" if plan.training.pretrained_weights else ""))
     problems = list(result.fingerprint_errors)
     if result.preprocessing is not None:
         pp = result.preprocessing

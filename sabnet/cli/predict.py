@@ -1,4 +1,6 @@
-"""sab_predict -i INPUT -o OUTPUT -d D: predict with the ensemble of trained folds."""
+"""sab_predict -i INPUT -o OUTPUT -d D: predict with the ensemble of trained folds.
+sab_predict -i INPUT -o OUTPUT --pretrained --prompts p.json: segment the prompted objects with the
+pretrained weights alone (LiteMedSAM, packaged), no training."""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +14,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sab_predict", description=__doc__)
     p.add_argument("-i", "--input", required=True, help="an image, a folder of images, or a folder of DICOM series")
     p.add_argument("-o", "--output", required=True, help="output folder (label maps on the input's exact grid)")
-    p.add_argument("-d", "--dataset", required=True, help="dataset the model was trained on: id, name or raw folder")
+    p.add_argument("-d", "--dataset", help="dataset the model was trained on: id, name or raw folder")
+    p.add_argument("--pretrained", action="store_true",
+                   help="no trained model: the pretrained LiteMedSAM segments what --prompts asks for (zero-shot)")
+    p.add_argument("--sam-checkpoint", help="with --pretrained: other 256 px TinyViT weights than the packaged LiteMedSAM")
     p.add_argument("-p", "--plan", help="model folder name under the dataset's results (when there are several)")
     p.add_argument("-f", "--folds", nargs="+", type=int, help="folds to ensemble (default: all trained folds)")
     p.add_argument("-chk", "--checkpoint", choices=["final", "best", "latest"], default="final")
     p.add_argument("--mode", choices=["2d", "3d"], default="2d", help="3d uses the depth-attention branch")
     p.add_argument("--prompts", help="JSON file of points/boxes per case (see README)")
+    p.add_argument("--no-carry", action="store_true",
+                   help="prompt only the slices the prompts lie on (default: carry each object to the neighbouring "
+                        "slices while it persists)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
     p.add_argument("--device", help="cpu, cuda or mps (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder call (default from the plan)")
@@ -41,11 +49,18 @@ def _run(args: argparse.Namespace) -> int:
     from sabnet.inference.prompt_coordinates import read_prompts_file
     from sabnet.model.case_predictor import EnsemblePredictor
 
-    roots = Roots.from_environment()
-    print(roots.describe())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SabnetError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    if args.pretrained:
+        return _run_zero_shot(args, device)
+    if args.dataset is None:
+        raise SabnetError("give the trained model's dataset with -d, or --pretrained --prompts p.json for zero-shot "
+                          "prompting without training")
+    if args.sam_checkpoint:
+        raise SabnetError("--sam-checkpoint goes with --pretrained; a trained model brings its own weights")
+    roots = Roots.from_environment()
+    print(roots.describe())
     ref = resolve_dataset(args.dataset, roots)
     folder = find_model_folder(ref, args.plan)
     plan, models, folds = load_ensemble(folder, args.folds, args.checkpoint, device, args.mode)
@@ -56,13 +71,52 @@ def _run(args: argparse.Namespace) -> int:
         if unknown and args.num_parts == 1:
             raise SabnetError(f"{args.prompts}: prompts for cases not in the input: {', '.join(unknown)}")
     settings = PredictionSettings(
-        output_dir=Path(args.output), mode=args.mode, prompts=prompts, save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite, qc=args.qc,
+        output_dir=Path(args.output), mode=args.mode, prompts=prompts, carry=not args.no_carry,
+        save_probabilities=args.save_probabilities, overwrite=args.overwrite, qc=args.qc,
         postprocessing=None if args.no_postprocessing else load_postprocessing(folder))
     print(f"reading {args.input} ({len(cases)} cases) and model {folder} (folds {', '.join(map(str, folds))}, "
           f"checkpoint_{args.checkpoint}, {args.mode} mode, {device})\nwriting {settings.output_dir}")
     predictor = EnsemblePredictor(models, device, args.batch_size or max(plan.training.batch_size, 4))
-    report = predict_cohort(cases, plan, predictor, settings)
+    return _report(predict_cohort(cases, plan, predictor, settings))
+
+
+def _run_zero_shot(args: argparse.Namespace, device: str) -> int:
+    from pathlib import Path
+
+    from sabnet.inference.inputs import list_input_cases
+    from sabnet.inference.predict_cohort import PredictionSettings, predict_cohort, select_part
+    from sabnet.inference.prompt_coordinates import read_prompts_file
+    from sabnet.inference.zero_shot import zero_shot_labels, zero_shot_model
+    from sabnet.io.atomic import write_json
+    from sabnet.model.case_predictor import EnsemblePredictor
+
+    if args.dataset or args.plan or args.folds:
+        raise SabnetError("--pretrained uses the pretrained weights alone: drop -d, -p and -f")
+    if not args.prompts:
+        raise SabnetError("--pretrained segments what prompts ask for: give --prompts p.json (boxes or points per case)")
+    if args.mode == "3d":
+        raise SabnetError("--pretrained has no trained depth branch: use --mode 2d")
+    prompts = read_prompts_file(args.prompts)
+    labels = zero_shot_labels(prompts)
+    cases = [c for c in list_input_cases(args.input, 1) if c.case_id in prompts]
+    cases = select_part(cases, args.num_parts, args.part_id)
+    missing = sorted(set(prompts) - {c.case_id for c in list_input_cases(args.input, 1)})
+    if missing and args.num_parts == 1:
+        raise SabnetError(f"{args.prompts}: prompts for cases not in the input: {', '.join(missing)}")
+    weights = args.sam_checkpoint or "lite_medsam"
+    model = zero_shot_model(len(labels), weights, device)
+    settings = PredictionSettings(output_dir=Path(args.output), prompts=prompts, carry=not args.no_carry,
+                                  save_probabilities=args.save_probabilities, overwrite=args.overwrite, qc=args.qc,
+                                  zero_shot_labels=labels)
+    print(f"reading {args.input} ({len(cases)} prompted cases); zero-shot with {model.checkpoint_report.path} "
+          f"({device}); labels {labels}\nwriting {settings.output_dir}")
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(settings.output_dir / "labels.json", {"background": 0, **labels})
+    predictor = EnsemblePredictor([model], device, args.batch_size or 4, automatic=False)
+    return _report(predict_cohort(cases, None, predictor, settings))
+
+
+def _report(report) -> int:
     print(f"predicted {len(report.written)}, skipped {len(report.skipped)} (already there; --overwrite to redo), "
           f"failed {len(report.failed)}")
     for case_id, message in report.failed:

@@ -17,6 +17,7 @@ from sabnet.inference.postprocessing import Postprocessing, apply_postprocessing
 from sabnet.inference.prompt_coordinates import slice_prompts_for_case
 from sabnet.inference.qc import write_qc_png
 from sabnet.inference.predict_image import preprocess_for_prediction
+from sabnet.inference.zero_shot import zero_shot_plan
 from sabnet.io.atomic import atomic_path
 from sabnet.io.dicom import read_dicom_series, sequence_from_tags
 from sabnet.io.geometry import Geometry
@@ -28,13 +29,20 @@ from sabnet.preprocessing.inverse import probabilities_to_original
 
 @dataclass
 class PredictionSettings:
+    """output_dir: where label maps go; mode: '2d' or '3d'; prompts: the prompts file's content, by
+    case id; carry: follow each prompted object to the neighbouring slices; zero_shot_labels:
+    {name: value} when pretrained weights segment the prompted objects alone (each image then gets
+    its own plan, sabnet.inference.zero_shot); the other fields as sab_predict's flags say."""
+
     output_dir: Path
     mode: str = "2d"
-    prompts: dict | None = None           # the prompts file's content, by case id
+    prompts: dict | None = None
+    carry: bool = True
     save_probabilities: bool = False
     overwrite: bool = False
     qc: bool = False
     postprocessing: Postprocessing | None = None
+    zero_shot_labels: dict[str, int] | None = None
 
 
 @dataclass
@@ -73,12 +81,20 @@ def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry, str]:
 
 def _prepare(case: InputCase, plan: Plan, settings: PredictionSettings):
     channels, geometry, sequence = read_case(case)
+    if settings.zero_shot_labels is not None:
+        plan = zero_shot_plan(geometry, len(settings.zero_shot_labels))
+        labels = {"background": 0, **{name: i + 1 for i, name in enumerate(settings.zero_shot_labels)}}
+    else:
+        labels = plan.labels
     preprocessed = preprocess_for_prediction(channels, geometry, plan, sequence=sequence)
     prompts = None
     if settings.prompts and case.case_id in settings.prompts:
         spec = settings.prompts[case.case_id]
-        prompts = slice_prompts_for_case(spec["prompts"], spec.get("coordinates", "ijk"), geometry,
-                                         preprocessed.properties, plan.labels, f"prompts for {case.case_id}")
+        entries = spec["prompts"]
+        if settings.zero_shot_labels is not None:  # integer labels are names of the zero-shot label table
+            entries = [dict(e, label=str(e["label"])) for e in entries]
+        prompts = slice_prompts_for_case(entries, spec.get("coordinates", "ijk"), geometry,
+                                         preprocessed.properties, labels, f"prompts for {case.case_id}")
     return channels, geometry, preprocessed, prompts
 
 
@@ -86,13 +102,19 @@ def _write(case: InputCase, plan: Plan, settings: PredictionSettings, channels, 
            labels: np.ndarray, probabilities: np.ndarray | None, properties: dict) -> None:
     if settings.postprocessing is not None:
         labels = apply_postprocessing(labels, settings.postprocessing, geometry.axis_spacing_mm)
+    if settings.zero_shot_labels is not None:  # channel i -> the i-th label's value
+        lookup = np.array([0] + list(settings.zero_shot_labels.values()))
+        labels = lookup[labels]
+        plan_labels = {"background": 0, **settings.zero_shot_labels}
+    else:
+        plan_labels = plan.labels
     write_image(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), geometry, output_path(case, settings))
     if probabilities is not None:
         with atomic_path(settings.output_dir / f"{case.case_id}_probabilities.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, probabilities=probabilities, labels=np.array(list(plan.labels)))
+                np.savez_compressed(f, probabilities=probabilities, labels=np.array(list(plan_labels)))
     if settings.qc:
-        write_qc_png(channels[0], labels, geometry, properties["slice_frame"]["axes"][0], plan.labels,
+        write_qc_png(channels[0], labels, geometry, properties["slice_frame"]["axes"][0], plan_labels,
                      settings.output_dir / f"{case.case_id}_qc.png", title=f"{case.case_id} ({settings.mode})")
 
 
@@ -114,7 +136,8 @@ def predict_cohort(cases: list[InputCase], plan: Plan, predictor: EnsemblePredic
             current, upcoming = upcoming, (reader.submit(_prepare, todo[i + 1], plan, settings) if i + 1 < len(todo) else None)
             try:
                 channels, geometry, pre, prompts = current.result()
-                probs = predictor.predict(pre.image, pre.depth_image, pre.properties, settings.mode, prompts)
+                probs = predictor.predict(pre.image, pre.depth_image, pre.properties, settings.mode, prompts,
+                                          carry=settings.carry)
                 labels, full = probabilities_to_original(probs, pre.properties, settings.save_probabilities)
                 del probs
             except SabnetError as e:

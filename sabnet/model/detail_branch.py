@@ -53,42 +53,44 @@ def _conv_block(in_channels: int, out_channels: int, stride: int = 1, n_convs: i
 
 class DetailBranch(nn.Module):
     """Image (B, 3, S, S) -> features (B, out_channels, S/f, S/f), f = patch_size / 4 (the mask
-    resolution).
+    resolution; S itself when patch_size is 4, as with LiteMedSAM's 4 px tokens).
 
     A small U-Net: stride-2 blocks from S/2 down to the token grid S/patch_size (widths w, 2w, 4w,
-    4w, ...), then upsampling blocks with skip connections back to the mask resolution, so each
-    output pixel sees about the patch-sized neighbourhood around it at full resolution plus a wide
-    context. A zero-initialised 1x1 projection ends it: a model loaded from a pretrained SAM starts
-    out exactly as SAM.
+    4w, ...), then two upsampling blocks with skip connections back to the mask resolution (the
+    skip at full resolution is the image itself), so each output pixel sees about the patch-sized
+    neighbourhood around it at full resolution plus a wide context. A zero-initialised 1x1
+    projection ends it: a model loaded from a pretrained SAM starts out exactly as SAM.
     """
 
     def __init__(self, patch_size: int, width: int, out_channels: int) -> None:
         super().__init__()
         n_down = int(math.log2(patch_size))  # S -> S/patch_size
-        self.n_up = n_down - int(math.log2(max(1, patch_size // 4)))  # back to S/(patch_size/4)
+        self.n_down = n_down
         widths = [width * min(2 ** i, 4) for i in range(n_down)]
         self.down = nn.ModuleList()
         channels = 3
         for level, w in enumerate(widths):  # one convolution at S/2, where pixels are many
             self.down.append(_conv_block(channels, w, stride=2, n_convs=1 if level == 0 else 2))
             channels = w
+        feature_widths = [3] + widths  # level k is at S / 2**k; level 0 is the image
         self.up = nn.ModuleList()
-        for level in range(self.n_up):
-            skip = widths[n_down - 2 - level]
-            self.up.append(_conv_block(channels + skip, skip))
-            channels = skip
+        for level in range(2):  # the decoder's masks are 4x the token grid
+            skip = feature_widths[n_down - 1 - level]
+            out = skip if n_down - 1 - level > 0 else width
+            self.up.append(_conv_block(channels + skip, out))
+            channels = out
         self.project = nn.Conv2d(channels, out_channels, 1)
         nn.init.zeros_(self.project.weight)
         nn.init.zeros_(self.project.bias)
 
     def forward(self, images: Tensor) -> Tensor:
-        features = []
+        features = [images]
         x = images
         for block in self.down:
             x = block(x)
             features.append(x)
         for level, block in enumerate(self.up):
-            skip = features[len(features) - 2 - level]
+            skip = features[self.n_down - 1 - level]
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         return self.project(x)

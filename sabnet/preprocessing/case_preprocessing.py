@@ -15,7 +15,7 @@ from sabnet.io.geometry import Geometry
 from sabnet.io.slice_frame import SliceFrame, depth_positions, frame_spacing_mm, slice_frame_for
 from sabnet.planning.fingerprint import nonzero_box
 from sabnet.planning.plans import CaseSlicing, Plan
-from sabnet.preprocessing.normalization import clipped, normalization_values, standardized
+from sabnet.preprocessing.normalization import clipped, normalization_values, standardized, unit_slices
 from sabnet.preprocessing.resampling import in_plane_shape, resample_labels, resample_slices, resample_volume
 
 MAX_FOREGROUND_LOCATIONS = 10000
@@ -82,6 +82,8 @@ def preprocess_arrays(channels: list[np.ndarray], geometry: Geometry, labels: np
         image.append(standardized(resample_slices(clipped(pixels, record, copy=False), out_hw, order=3), record))
         norm_record.append(record)
     image = np.stack(image, axis=1)  # (n_slices, C, rows, cols)
+    per_slice = scheme.scheme == "slice_unit"
+    volume_image = image.copy() if per_slice else image  # the depth branch sees the volume's own scaling
     out_labels = None
     if labels is not None:
         mapped = map_labels(frame.to_frame(labels[crop]), plan.label_mapping)
@@ -90,7 +92,10 @@ def preprocess_arrays(channels: list[np.ndarray], geometry: Geometry, labels: np
     pp_spacing = [spacing[0], rows * spacing[1] / out_hw[0], cols * spacing[2] / out_hw[1]]
     extent = [n_slices * spacing[0], rows * spacing[1], cols * spacing[2]]
     d_shape = depth_shape(extent, pp.depth_volume.spacing_mm)
-    depth_image = resample_volume(np.moveaxis(image, 1, 0), d_shape)
+    depth_image = resample_volume(np.moveaxis(volume_image, 1, 0), d_shape)
+    if per_slice:
+        for c in range(image.shape[1]):
+            image[:, c] = unit_slices(np.ascontiguousarray(image[:, c]))
     depth_labels = None
     if out_labels is not None:
         depth_labels = resample_volume((out_labels > 0).astype(np.float32), d_shape).astype(np.float16)

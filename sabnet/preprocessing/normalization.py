@@ -19,17 +19,22 @@ def normalization_values(channel: np.ndarray, scheme: NormalizationScheme) -> di
 
     percentile_zscore: the image's own percentiles of its nonzero voxels, and the mean and
     standard deviation of those voxels once clipped (MRI has no absolute intensity scale).
+    slice_unit: the same percentiles; mean and std are the low clip and the clip range, so that
+    `standardized` maps the volume onto [0, 1] (`unit_slices` then stretches each slice).
     global_clip_zscore: cohort-wide clip values, mean and std (CT).
     """
-    if scheme.scheme == "percentile_zscore":
+    if scheme.scheme in ("percentile_zscore", "slice_unit"):
         flat = np.asarray(channel).reshape(-1)
         sample = flat[::max(1, -(-flat.size // MAX_STATISTICS_VOXELS))].astype(np.float32)
         body = sample[sample != 0]
         if body.size < 16:
             body = sample
         low, high = np.percentile(body, [scheme.lower_percentile, scheme.upper_percentile])
-        clipped_body = np.clip(body, low, high)
-        mean, std = float(clipped_body.mean()), float(clipped_body.std())
+        if scheme.scheme == "slice_unit":
+            mean, std = float(low), float(high - low)
+        else:
+            clipped_body = np.clip(body, low, high)
+            mean, std = float(clipped_body.mean()), float(clipped_body.std())
     elif scheme.scheme == "global_clip_zscore":
         low, high, mean, std = scheme.clip_low, scheme.clip_high, scheme.mean, scheme.std
     else:
@@ -51,3 +56,14 @@ def standardized(clipped_channel: np.ndarray, values: dict) -> np.ndarray:
     clipped_channel /= values["std"]
     return clipped_channel
 
+
+
+def unit_slices(stack: np.ndarray) -> np.ndarray:
+    """Each slice of (n_slices, ...) float32 stretched to [0, 1] by its own minimum and maximum, in
+    place (a constant slice becomes 0): the per-slice input of LiteMedSAM."""
+    flat = stack.reshape(stack.shape[0], -1)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    flat -= low
+    flat /= np.where(span > 0, span, 1.0)
+    return stack

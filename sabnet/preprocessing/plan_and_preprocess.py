@@ -27,10 +27,11 @@ class PlanningOptions:
     sam_checkpoint: str | None = None
     memory_target_gb: float | None = None
     device: str = "cpu"
+    variant: str | None = None
 
     def to_dict(self) -> dict:
         return {"binary": self.binary, "sam_checkpoint": self.sam_checkpoint,
-                "memory_target_gb": self.memory_target_gb, "device": self.device}
+                "memory_target_gb": self.memory_target_gb, "device": self.device, "variant": self.variant}
 
 
 @dataclass
@@ -85,7 +86,8 @@ def plan_and_preprocess(ref: DatasetRef, options: PlanningOptions, n_workers: in
             shutil.copy2(plan_path, folder / "plans.json.bak")
         plan = plan_cohort(fingerprint, binary=options.binary,
                            sam_checkpoint=Path(options.sam_checkpoint) if options.sam_checkpoint else None,
-                           memory_target_gb=options.memory_target_gb, device=options.device)
+                           memory_target_gb=options.memory_target_gb, device=options.device,
+                           variant=options.variant)
         save_plan(plan, folder)
         write_json(options_path, options.to_dict())
 

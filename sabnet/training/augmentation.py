@@ -242,7 +242,47 @@ def _standardize(y: np.ndarray) -> np.ndarray:
     return (y - y.mean()) / max(float(y.std()), 1e-6)
 
 
-def default_augmentations() -> list[AbstractTransform]:
-    """The training augmentations, in the order applied (intensity first, spatial last)."""
-    return [SequenceAugmentation(), BrightnessAugmentation(), ContrastAugmentation(), GammaAugmentation(),
-            NoiseAugmentation(), BlurAugmentation(), SpatialAugmentation()]
+class UnitRange(AbstractTransform):
+    """Each sample's real pixels back onto [0, 1] by their own minimum and maximum (per channel): the
+    input range of LiteMedSAM's encoder, after augmentations that re-standardised the intensities.
+    Padding stays 0. With `clip_only`, every pixel is clipped to [0, 1] instead (after a spatial
+    step, whose cubic interpolation overshoots a little)."""
+
+    def __init__(self, clip_only: bool = False):
+        self.clip_only = clip_only
+
+    def __call__(self, **data_dict):
+        data = data_dict["data"]
+        if self.clip_only:
+            np.clip(data, 0.0, 1.0, out=data)
+            return data_dict
+        for b, (h, w) in enumerate(content_hw(data_dict)):
+            for c in range(data.shape[1]):
+                x = data[b, c, :h, :w]
+                low, span = x.min(), np.ptp(x)
+                data[b, c, :h, :w] = (x - low) / span if span > 0 else 0.0
+        return data_dict
+
+
+def default_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
+    """The training augmentations, in the order applied (intensity first, spatial last; with
+    `unit_range` the intensities are put back onto [0, 1] before the spatial step, whose fill of 0
+    belongs to it, and clipped to it after)."""
+    intensity = [SequenceAugmentation(), BrightnessAugmentation(), ContrastAugmentation(), GammaAugmentation(),
+                 NoiseAugmentation(), BlurAugmentation()]
+    return _with_spatial(intensity, SpatialAugmentation(), unit_range)
+
+
+def _with_spatial(intensity: list[AbstractTransform], spatial: AbstractTransform, unit_range: bool) -> list:
+    if not unit_range:
+        return intensity + [spatial]
+    return intensity + [UnitRange(), spatial, UnitRange(clip_only=True)]
+
+
+def copy_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
+    """The augmentations of a cached embedding's augmented copy (sabnet.training.embedding_cache):
+    every copy gets a sequence remap (another sequence's look), the other augmentations as in
+    training, and a rotation or scaling half of the time."""
+    intensity = [SequenceAugmentation(p_per_sample=1.0), BrightnessAugmentation(), ContrastAugmentation(),
+                 GammaAugmentation(), NoiseAugmentation(), BlurAugmentation()]
+    return _with_spatial(intensity, SpatialAugmentation(p_rotation=0.5, p_scale=0.5), unit_range)

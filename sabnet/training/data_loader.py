@@ -217,7 +217,8 @@ def make_augmenter(loader: SliceDataLoader, plan: Plan, n_workers: int, seed: in
     if n_workers < 0:
         raise SabnetError(f"number of data workers must be >= 0, got {n_workers}")
     loader.restart(seed, max(1, n_workers))
-    steps = (default_augmentations() if training else []) + [PromptTransform(sampler_from_plan(plan))]
+    unit_range = any(n.scheme == "slice_unit" for n in plan.preprocessing.normalization.values())
+    steps = (default_augmentations(unit_range) if training else []) + [PromptTransform(sampler_from_plan(plan))]
     transform = SeededCompose(steps, seed)
     if n_workers == 0:
         return SingleThreadedAugmenter(loader, transform)

@@ -61,9 +61,8 @@ EPOCH_FRACTION = 0.25        # share of D's epochs (each phase) a fine-tuning pl
 MIN_EPOCHS = 2
 FEW_SHOT_FILE = "finetune_cases.json"  # the splits sab_finetune wrote (so it may replace them)
 ALL_LABELS = "<all>"         # label-embedding row 0: a prompt that asks for every label
-HYPERNETWORK = re.compile(r"^(mask_decoder\.output_hypernetworks_mlps\.)(\d+)(\..+)$")
-IOU_LAYER = re.compile(r"^mask_decoder\.iou_prediction_head\.layers\.(\d+)\.(weight|bias)$")
-MASK_TOKENS, LABEL_EMBED = "mask_decoder.mask_tokens.weight", "label_embed.weight"
+CLASS_HEAD = re.compile(r"^(class_heads\.)(\d+)(\..+)$")  # one head per output channel
+CLASS_TOKENS, LABEL_EMBED = "class_tokens.weight", "label_embed.weight"
 
 
 @dataclass
@@ -189,12 +188,10 @@ def initial_state(source: dict[str, Tensor], source_plan: Plan, fresh: dict[str,
     label: D's label it starts from, or None for a fresh head})."""
     outputs = _index_map(output_names(target_plan), output_names(source_plan))
     rows = _index_map(embedding_names(target_plan), embedding_names(source_plan))
-    last_iou = max(int(m.group(1)) for k in fresh if (m := IOU_LAYER.match(k)))
     state = {}
     for name, new in fresh.items():
-        iou = IOU_LAYER.match(name)
-        hyper = HYPERNETWORK.match(name)
-        if name == MASK_TOKENS or (iou and int(iou.group(1)) == last_iou):
+        hyper = CLASS_HEAD.match(name)
+        if name == CLASS_TOKENS:
             state[name] = _rows(source.get(name), new, outputs)
         elif name == LABEL_EMBED:
             state[name] = _rows(source.get(name), new, rows)

@@ -49,3 +49,13 @@ def segmentation_loss(logits: Tensor, target: Tensor, output_mode: str) -> Tenso
     if output_mode == "sigmoid":
         return dice_bce_loss(logits, (target > 0)[:, None])
     return dice_ce_loss(logits, target)
+
+
+def object_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """The prompted object's loss: logits and target (K, 1, H, W), target 0/1. Soft Dice per object
+    (each prompt asks for one structure, whatever its size), averaged, + binary cross-entropy."""
+    target = target.to(logits.dtype)
+    probabilities = torch.sigmoid(logits)
+    dims = tuple(range(1, logits.dim()))
+    dice = (2 * (probabilities * target).sum(dims) + smooth) / (probabilities.sum(dims) + target.sum(dims) + smooth)
+    return (1 - dice).mean() + F.binary_cross_entropy_with_logits(logits, target)

@@ -33,8 +33,8 @@ import torch
 
 from sabnet.errors import SabnetError
 from sabnet.evaluation.evaluate import EvaluationResult
-from sabnet.model.checkpoint import detect_variant, read_state_dict
-from sabnet.model.config import SAM_VARIANTS, ModelConfig
+from sabnet.model.checkpoint import detect_variant, read_state_dict, weights_path
+from sabnet.model.config import PRETRAINED_VARIANTS, ModelConfig
 from sabnet.model.sab_model import SABModel, build_model
 from sabnet.paths import DatasetRef
 from sabnet.planning.plans import Plan, load_plan
@@ -43,6 +43,7 @@ from sabnet.training.checkpoints import (checkpoint_dir, load_training_state, lo
                                          recover_interrupted, remove_checkpoints, save_checkpoint)
 from sabnet.training.depth_stage import DepthPhase, write_depth_probabilities
 from sabnet.training.distributed import DistributedContext, barrier, gather_digests, start, stop, training_threads
+from sabnet.training.embedding_cache import CacheSettings, EmbeddingCache, preprocessing_hash
 from sabnet.training.layout import (DEPTH_PROBABILITIES_DIR, VALIDATION_DIR, fold_dir, prepare_results_folder,
                                     results_folder)
 from sabnet.training.progress import ProgressLog
@@ -53,7 +54,7 @@ from sabnet.training.trainer import CALIBRATION_ITERATIONS, EpochLoop, stages_do
 from sabnet.training.validation import final_modes, validate_fold
 
 STAGE_PHASES = {"2d": ("2d",), "3d": ("depth", "fusion"), "all": ("2d", "depth", "fusion")}
-ARCHITECTURE_KEYS = ("patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
+ARCHITECTURE_KEYS = ("encoder", "patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
                      "encoder_global_attn_indexes", "prompt_embed_dim", "decoder_mlp_dim")
 
 
@@ -208,15 +209,17 @@ def _train_fold(ref: DatasetRef, plan: Plan, store: PreprocessedStore, fold: int
                       f"fold's {'checkpoint_latest' if resume else 'checkpoint_final_2d'}")
     if "finetuned_from" in run_info and not resume and phases[0] == "2d":
         progress.line(f"starting from {run_info['finetuned_from'].get('summary', run_info['finetuned_from'])}")
-    elif not run_info["pretrained"] and plan.model["variant"] in SAM_VARIANTS and not resume and phases[0] == "2d":
-        progress.line(f"note: training {plan.model['variant']} from random weights (no --sam-checkpoint given)")
+    elif not run_info["pretrained"] and plan.model["variant"] in PRETRAINED_VARIANTS and not resume and phases[0] == "2d":
+        progress.line(f"note: training {plan.model['variant']} from random weights (no pretrained weights given)")
+    cache = _embedding_cache(model, plan, store, ref, phases[begin.phase_index:], run_info, ctx, progress)
     trained = []
     for index in range(begin.phase_index, len(phases)):
         name = phases[index]
         schedule = phase_schedule(name, plan, run_info["overrides"])
         start_epoch = begin.start_epoch if index == begin.phase_index else 0
         if start_epoch < schedule.epochs:
-            phase = _make_phase(name, model, plan, store, train_ids, val_ids, schedule, fold, fd, options, run_info, ctx)
+            phase = _make_phase(name, model, plan, store, train_ids, val_ids, schedule, fold, fd, options, run_info, ctx,
+                                cache)
             phase.configure(model)
             counts = model.parameter_counts()
             progress.line(f"phase {name}: {schedule.epochs} epochs x {schedule.iterations_per_epoch} iterations, "
@@ -244,7 +247,8 @@ def _train_fold(ref: DatasetRef, plan: Plan, store: PreprocessedStore, fold: int
         summary_file = fd / VALIDATION_DIR / "summary.csv"
         if options.final_validation and (trained or not summary_file.exists()):
             modes = final_modes(run_info["completed_phases"])
-            validation = validate_fold(model, plan, ref.raw_dir, val_ids, fd, modes, ctx.device, plan.training.batch_size)
+            validation = validate_fold(model, plan, ref.raw_dir, val_ids, fd, modes, ctx.device, plan.training.batch_size,
+                                       cache=cache)
             for mode, result in validation.items():
                 progress.line(f"validation ({mode} mode, {len(val_ids)} cases): mean foreground Dice "
                               f"{result.mean_foreground_dice:.4f}")
@@ -258,7 +262,27 @@ def _resume_text(phase: str, epoch: int, plan: Plan, run_info: dict) -> str:
     return f"phase {phase} had finished; continuing after it"
 
 
-def _make_phase(name, model, plan, store, train_ids, val_ids, schedule, fold, fd, options, run_info, ctx):
+def _embedding_cache(model: SABModel, plan: Plan, store: PreprocessedStore, ref: DatasetRef, phases: tuple[str, ...],
+                     run_info: dict, ctx: DistributedContext, progress: ProgressLog) -> EmbeddingCache | None:
+    """The embedding cache of a frozen pretrained encoder without adapters, filled for every case of
+    the dataset (all folds share it), or None when the encoder trains or the plan says no."""
+    if not plan.training.cache_embeddings or not run_info["pretrained"] or not set(phases) & {"2d", "fusion"}:
+        return None
+    model.configure_trainable(True, "2d")
+    if model.encoder_trains():
+        return None
+    settings = CacheSettings(plan.training.cache_augmented_copies,
+                             unit_range=any(n.scheme == "slice_unit" for n in plan.preprocessing.normalization.values()))
+    cache = EmbeddingCache(ref.preprocessed_dir, EmbeddingCache.key_for(model, preprocessing_hash(plan), settings),
+                           settings)
+    if ctx.is_main:
+        built = cache.build(model, store, store.case_ids(), ctx.device, log=progress.line)
+        progress.line(f"embedding cache: {cache.root} ({'encoded ' + str(built) + ' cases' if built else 'up to date'})")
+    barrier(ctx)
+    return cache
+
+
+def _make_phase(name, model, plan, store, train_ids, val_ids, schedule, fold, fd, options, run_info, ctx, cache=None):
     if name == "depth":
         return DepthPhase(plan, store, train_ids, val_ids, fold, ctx)
     attention_dir = None
@@ -268,7 +292,7 @@ def _make_phase(name, model, plan, store, train_ids, val_ids, schedule, fold, fd
             write_depth_probabilities(model, store, sorted(set(train_ids) | set(val_ids)), attention_dir, ctx.device)
         barrier(ctx)
     return SlicePhase(name, plan, store, train_ids, val_ids, schedule, fold, ctx, options.n_workers,
-                      run_info["pretrained"], attention_dir)
+                      run_info["pretrained"], attention_dir, cache)
 
 
 def _summary(run_info: dict, history: list[dict], phase: str) -> dict:
@@ -296,8 +320,8 @@ def _fresh_start(fd: Path, plan: Plan, fold: int, phases: tuple[str, ...], optio
         pretrained, checkpoint, history, done, origin = init.pretrained, None, [], [], init.origin
         stale = ("latest", "best", "final", "final_2d")
     elif phases[0] == "2d":
-        checkpoint = options.sam_checkpoint
-        if checkpoint is not None:
+        checkpoint = options.sam_checkpoint or plan.training.pretrained_weights
+        if options.sam_checkpoint is not None:
             _check_sam_checkpoint(Path(checkpoint), config)
         model = build_model(config, checkpoint)
         pretrained, history, done = checkpoint is not None, [], []
@@ -344,14 +368,15 @@ def _initialised_model(config: ModelConfig, init: InitialWeights) -> SABModel:
 
 
 def _check_sam_checkpoint(path: Path, config: ModelConfig) -> None:
-    if config.variant not in SAM_VARIANTS and config.variant != "custom":
+    if config.variant not in PRETRAINED_VARIANTS and config.variant != "custom":
         raise SabnetError(f"--sam-checkpoint {path}: plans.json was made without a SAM checkpoint (variant "
                           f"{config.variant}); plan again with it: sab_plan_and_preprocess -d <dataset> "
                           f"--sam-checkpoint {path} --replan")
-    info = detect_variant(read_state_dict(path))
+    info = detect_variant(read_state_dict(weights_path(path)))
     # windowed blocks whose window covers the whole grid have global-sized tables: then the
     # checkpoint cannot tell which blocks are global, and only the rest is compared
-    distinct = info["checkpoint_window_size"] != info["checkpoint_image_size"] // info["patch_size"]
+    distinct = info["encoder"] == "vit" and (info["checkpoint_window_size"]
+                                             != info["checkpoint_image_size"] // info["patch_size"])
     keys = [k for k in ARCHITECTURE_KEYS if k != "encoder_global_attn_indexes" or distinct]
     differ = [k for k in keys if info[k] != getattr(config, k)]
     if differ:

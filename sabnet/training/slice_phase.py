@@ -2,10 +2,11 @@
 (fusion block, gate and decoder on slices with depth-attention maps, image encoder frozen).
 
 Training batches come from the data pipeline (`SliceDataLoader` + `make_augmenter`) with hybrid
-prompts: a prompted sample carries points and/or a box for one label, an automatic one none; both
-are trained against the full label slice (every output channel), as prediction uses them. Half of
-the prompted samples become corrections: their points move into the errors of the model's own
-automatic prediction (`correction_prompts`), so that a click in a missed bone brings it back.
+prompts. Every sample trains the automatic pass against the full label slice (every output
+channel); a prompted sample (points and/or a box for one label) also trains the prompted pass
+(SAM's object output) against that label's mask, as prediction uses both. Half of the prompted
+samples become corrections: their points move into the errors of the model's own automatic
+prediction of the same step (`correction_prompts`), so that a click in a missed bone brings it back.
 Validation: a fixed, seeded set of `plan.training.validation_slices` foreground slices of the
 fold's validation cases, without augmentation, in automatic mode; pseudo Dice per label from true
 and false positives and negatives summed over all those slices (as nnU-Net's pseudo Dice).
@@ -24,10 +25,12 @@ from sabnet.model.prompts import Prompts
 from sabnet.model.sab_model import SABModel
 from sabnet.planning.plans import Plan
 from sabnet.preprocessing.store import PreprocessedStore
+from sabnet.training.cached_loader import CachedSliceDataLoader
 from sabnet.training.correction_prompts import correction_prompts, correction_samples, predicted_labels
 from sabnet.training.data_loader import SliceDataLoader, make_augmenter, sampler_from_plan
 from sabnet.training.distributed import DistributedContext, all_reduce_sum, autocast
-from sabnet.training.losses import segmentation_loss
+from sabnet.training.embedding_cache import EmbeddingCache
+from sabnet.training.losses import object_loss, segmentation_loss
 from sabnet.training.schedule import Schedule
 from sabnet.training.trainer import ValidationScores, epoch_seed
 
@@ -44,6 +47,8 @@ class SlicePhase:
     n_workers: augmentation worker processes (0: in this process).
     pretrained: the model's encoders came pretrained (a SAM checkpoint, or sab_finetune's source):
         they stay frozen but for the image encoder's adapters.
+    cache: the embedding cache of a frozen encoder: batches then carry the embeddings and the
+        encoder does not run (sabnet.training.cached_loader).
     """
 
     tracks_best = True
@@ -51,7 +56,7 @@ class SlicePhase:
 
     def __init__(self, name: str, plan: Plan, store: PreprocessedStore, train_ids: list[str], val_ids: list[str],
                  schedule: Schedule, fold: int, ctx: DistributedContext, n_workers: int, pretrained: bool,
-                 attention_dir: Path | None = None) -> None:
+                 attention_dir: Path | None = None, cache: EmbeddingCache | None = None) -> None:
         if name not in ("2d", "fusion"):
             raise ValueError(f"SlicePhase is '2d' or 'fusion', not {name!r}")
         if (name == "fusion") != (attention_dir is not None):
@@ -60,6 +65,7 @@ class SlicePhase:
         self.plan, self.store, self.train_ids, self.val_ids = plan, store, train_ids, val_ids
         self.schedule, self.fold, self.ctx = schedule, fold, ctx
         self.n_workers, self.pretrained, self.attention_dir = n_workers, pretrained, attention_dir
+        self.cache = cache
         self.output_mode = plan.model["output_mode"]
         self.labels = {name: value for name, value in plan.labels.items() if value != 0}
         self._validation_batches: list[dict] | None = None
@@ -119,21 +125,26 @@ class SlicePhase:
             point_labels=torch.as_tensor(batch["point_labels"], dtype=torch.long),
             boxes=torch.as_tensor(batch["boxes"]), box_valid=torch.as_tensor(batch["box_valid"], dtype=torch.bool),
         ).to(self.ctx.device)
-        samples = correction_samples(prompts, self._rng, CORRECTION_SHARE)
-        if not samples:
-            return segmentation_loss(net(images, prompts, attention).float(), target, self.output_mode)
         model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
-        embeddings = None if model is not net else model.encode(images)  # one process: encode once
-        chosen = torch.as_tensor(samples, device=images.device)
-        chosen_attention = None if attention is None else attention[chosen]
-        with torch.no_grad():  # the automatic prediction of the samples that become corrections only
-            automatic = (model(images[chosen], None, chosen_attention) if embeddings is None
-                         else model.upsample_logits(model.decode(embeddings[chosen], None, chosen_attention)))
-        prompts = correction_prompts(prompts, samples, target.cpu().numpy(), predicted_labels(automatic, self.output_mode),
-                                     model.config.mask_size, self._sampler, self._rng)
-        logits = (net(images, prompts, attention) if embeddings is None
-                  else model.upsample_logits(model.decode(embeddings, prompts, attention)))
-        return segmentation_loss(logits.float(), target, self.output_mode)
+        prompted = [b for b in range(prompts.batch_size) if not bool(prompts.automatic[b]) and int(prompts.label[b]) != 0]
+        corrections = correction_samples(prompts, self._rng, CORRECTION_SHARE)
+
+        def prompts_for(automatic_logits: Tensor) -> tuple[Tensor, Prompts]:
+            chosen = prompts
+            if corrections:
+                predicted = predicted_labels(automatic_logits[corrections], self.output_mode)
+                chosen = correction_prompts(prompts, corrections, target.cpu().numpy(), predicted,
+                                            model.config.mask_size, self._sampler, self._rng)
+            index = torch.as_tensor(prompted, dtype=torch.long, device=images.device)
+            return index, chosen[index]
+
+        embedding = self._cached_embedding(batch)
+        logits, objects, index = net(images, attention, embedding=embedding, prompts_for=prompts_for)
+        loss = segmentation_loss(logits.float(), target, self.output_mode)
+        if objects is not None:
+            wanted = (target[index] == prompts.label[index][:, None, None])[:, None]
+            loss = loss + object_loss(objects.float(), wanted)
+        return loss
 
     @torch.no_grad()
     def validate(self, model: SABModel) -> ValidationScores:
@@ -144,7 +155,7 @@ class SlicePhase:
         for batch in batches[self.ctx.rank::self.ctx.world_size]:
             images, target, attention = self._tensors(batch)
             with autocast(self.ctx.device):
-                logits = model(images, None, attention).float()
+                logits = model(images, attention, embedding=self._cached_embedding(batch)).float()
             loss_sum += torch.tensor([float(segmentation_loss(logits, target, self.output_mode)), 1.0])
             predicted = (logits[:, 0] > 0).long() if self.output_mode == "sigmoid" else logits.argmax(1)
             if self.output_mode == "sigmoid":
@@ -172,7 +183,7 @@ class SlicePhase:
             while drawn < n_slices:
                 batch = next(augmenter)
                 keep = min(len(batch["data"]), n_slices - drawn)
-                batches.append({k: batch[k][:keep] for k in ("data", "seg", "attention") if k in batch})
+                batches.append({k: batch[k][:keep] for k in ("data", "seg", "attention", "embedding") if k in batch})
                 drawn += keep
             _finish(augmenter)
             self._validation_batches = batches
@@ -184,10 +195,20 @@ class SlicePhase:
     def _augmenter(self, case_ids: list[str], seed: int, foreground_fraction: float, training: bool,
                    n_workers: int | None = None):
         n_workers = self.n_workers if n_workers is None else n_workers
-        loader = SliceDataLoader(self.store, case_ids, self.plan, self.schedule.batch_size,
-                                 foreground_fraction=foreground_fraction, seed=seed, attention_dir=self.attention_dir,
-                                 number_of_threads_in_multithreaded=max(1, n_workers))
+        common = dict(foreground_fraction=foreground_fraction, seed=seed, attention_dir=self.attention_dir,
+                      number_of_threads_in_multithreaded=max(1, n_workers))
+        if self.cache is not None:  # augmentation lives in the cache's copies
+            loader = CachedSliceDataLoader(self.store, case_ids, self.plan, self.schedule.batch_size, cache=self.cache,
+                                           augmented=training, **common)
+            return make_augmenter(loader, self.plan, n_workers, seed, training=False)
+        loader = SliceDataLoader(self.store, case_ids, self.plan, self.schedule.batch_size, **common)
         return make_augmenter(loader, self.plan, n_workers, seed, training=training)
+
+    def _cached_embedding(self, batch: dict) -> Tensor | None:
+        """The batch's image embeddings (B, E, g, g) float32 when it comes from the embedding cache."""
+        if "embedding" not in batch:
+            return None
+        return torch.as_tensor(np.asarray(batch["embedding"]), dtype=torch.float32).to(self.ctx.device)
 
     def _tensors(self, batch: dict) -> tuple[Tensor, Tensor, Tensor | None]:
         """images (B, C, S, S) float, target (B, S, S) long, attention (B, 1, S, S) or None, on the device."""

@@ -22,22 +22,25 @@ from sabnet.dataset.raw_dataset import RawDataset
 from sabnet.evaluation.evaluate import EvaluationResult, evaluate_case, write
 from sabnet.io.atomic import atomic_path
 from sabnet.io.image_io import read_image, write_image
-from sabnet.model.case_predictor import EnsemblePredictor
+from sabnet.model.case_predictor import CaseEmbeddings, EnsemblePredictor
 from sabnet.model.sab_model import SABModel
 from sabnet.planning.plans import Plan
 from sabnet.planning.slicing import slicing_for
 from sabnet.preprocessing.case_preprocessing import map_labels, preprocess_arrays
 from sabnet.preprocessing.inverse import probabilities_to_original
+from sabnet.training.embedding_cache import EmbeddingCache
 from sabnet.training.layout import VALIDATION_DIR
 
 MODES_TABLE = "modes.csv"
 
 
 def validate_fold(model: SABModel, plan: Plan, raw_dir: Path, case_ids: list[str], fold_dir: Path,
-                  modes: list[str], device, batch_size: int = 8, show_progress: bool = True
-                  ) -> dict[str, EvaluationResult]:
+                  modes: list[str], device, batch_size: int = 8, show_progress: bool = True,
+                  cache: EmbeddingCache | None = None) -> dict[str, EvaluationResult]:
     """Predict and evaluate `case_ids` in each of `modes` ('2d', '3d'); the last mode is the fold's
-    final one and goes into `validation/` itself, the others into `validation/<mode>/`.
+    final one and goes into `validation/` itself, the others into `validation/<mode>/`. Each case
+    is encoded once for all modes, or not at all when `cache` (a frozen encoder's embedding cache)
+    holds it.
 
     Returns {mode: EvaluationResult} (Dice, IoU, HD95, ASD per case and label).
     """
@@ -56,8 +59,15 @@ def validate_fold(model: SABModel, plan: Plan, raw_dir: Path, case_ids: list[str
         reference = map_labels(read_image(case.label_file)[0], plan.label_mapping)
         slicing = plan.preprocessing.cases.get(case_id) or slicing_for(geometry, plan.preprocessing.majority_plane)
         prepared = preprocess_arrays(channels, geometry, None, plan, slicing, case.sequence)
+        stored = None
+        if cache is not None and case_id in cache.index()["cases"]:
+            embeddings = cache.embeddings(case_id)
+            if len(embeddings) == len(cache.tiles(case_id)):
+                stored = {cache.index()["encoder"]: (cache.lookup(case_id), embeddings)}
+        shared = CaseEmbeddings(predictor, prepared.image, keep_all=len(modes) > 1, stored=stored)
         for mode in modes:
-            probabilities = predictor.predict(prepared.image, prepared.depth_image, prepared.properties, mode)
+            probabilities = predictor.predict(prepared.image, prepared.depth_image, prepared.properties, mode,
+                                              embeddings=shared)
             labels, _ = probabilities_to_original(probabilities, prepared.properties)
             write_image(labels, geometry, folders[mode] / f"{case_id}.nii.gz")
             rows[mode] += evaluate_case(reference, labels, geometry, plan.labels, case=case_id,

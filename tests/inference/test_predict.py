@@ -12,7 +12,7 @@ from sabnet.inference.model_folder import load_ensemble
 from sabnet.inference.predict_image import preprocess_for_prediction
 from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import read_geometry, read_image
-from sabnet.model.case_predictor import EnsemblePredictor
+from sabnet.model.case_predictor import EnsemblePredictor, case_tiles
 from sabnet.model.slice_prompts import SlicePrompt
 
 
@@ -67,6 +67,30 @@ def test_ensemble_is_the_mean_of_its_folds(model_folder):
     both = EnsemblePredictor(models).predict(*args)
     np.testing.assert_allclose(both, (single[0] + single[1]) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(single[0], single[1])
+
+
+def test_folds_that_share_a_frozen_encoder_encode_each_slice_once(model_folder, monkeypatch):
+    raw, folder = model_folder[:2]
+    plan, models, _ = load_ensemble(folder, None, "final", "cpu", "2d")
+    with torch.no_grad():  # two folds of a frozen pretrained encoder: same encoder, other decoders
+        models[1].image_encoder.load_state_dict(models[0].image_encoder.state_dict())
+    calls = []
+    for m in models:
+        original = m.image_encoder.forward
+        monkeypatch.setattr(m.image_encoder, "forward", lambda x, original=original: calls.append(len(x)) or original(x))
+    image, geometry = read_image(sorted((raw / "imagesTr").iterdir())[0])
+    case = preprocess_for_prediction([image], geometry, plan)
+    n_tiles = len(case_tiles(*case.image.shape[:1], *case.image.shape[2:], plan.model["image_size"]))
+    shared = EnsemblePredictor(models, batch_size=4)
+    both = shared.predict(case.image, case.depth_image, case.properties, "2d")
+    assert sum(calls) == n_tiles and len(shared.group_models) == 1  # every tile once, not once per fold
+    single = [EnsemblePredictor([m]).predict(case.image, case.depth_image, case.properties, "2d") for m in models]
+    np.testing.assert_allclose(both, (single[0] + single[1]) / 2, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    with torch.no_grad():
+        models[1].image_encoder.neck[0].weight.mul_(1.01)  # folds with their own adapters: encoded apart
+    EnsemblePredictor(models, batch_size=4).predict(case.image, case.depth_image, case.properties, "2d")
+    assert sum(calls) == 2 * n_tiles
 
 
 def test_depth_branch_runs_once_per_case_and_fold(model_folder, monkeypatch):

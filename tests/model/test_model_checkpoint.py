@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sabnet.errors import SabnetError
-from sabnet.model.checkpoint import config_from_checkpoint, detect_variant, load_sam_checkpoint, read_state_dict
+from sabnet.model.checkpoint import config_from_checkpoint, detect_variant, load_pretrained, read_state_dict
 from sabnet.model.config import ModelConfig
 from sabnet.model.sab_model import SABModel, build_model
 
@@ -43,18 +43,19 @@ def sam_vit_b(tmp_path_factory):
 def test_official_checkpoint_loads_unchanged_at_1024(sam_vit_b):
     path, state = sam_vit_b
     model = SABModel(ModelConfig.for_variant("vit_b", 1024, n_outputs=4))
-    report = load_sam_checkpoint(model, path)
+    report = load_pretrained(model, path)
     loaded = model.state_dict()
     for name, tensor in state.items():
         assert torch.equal(loaded[name], tensor), name
-    assert not report.interpolated and not report.reinitialised
+    assert not report.interpolated
+    assert all(n.startswith("class_") for n in report.reinitialised)  # class heads from SAM's mask heads
     assert any(".adapter_" in n for n in report.fresh)
     assert report.loaded == len(state)
 
 
 def test_official_checkpoint_loads_at_256_with_resampled_positions_and_new_output_heads(sam_vit_b):
     path, state = sam_vit_b
-    model = build_model(ModelConfig.for_variant("vit_b", 256, n_outputs=3), checkpoint=path)
+    model = build_model(ModelConfig.for_variant("vit_b", 256, n_outputs=3), path)
     report, loaded = model.checkpoint_report, model.state_dict()
     for name, tensor in state.items():
         if name.startswith("image_encoder.") and "pos" not in name:
@@ -72,17 +73,20 @@ def test_official_checkpoint_loads_at_256_with_resampled_positions_and_new_outpu
         assert table[15].abs().max() < 1e-6  # relative distance 0 stays at the centre
         assert (table[1:, 0] >= table[:-1, 0]).all()
     assert "image_encoder.pos_embed" in report.interpolated
-    # 3 outputs from SAM's 4 mask tokens: tokens 0..2 taken over, the IoU head's last layer cut to 3
-    assert torch.equal(loaded["mask_decoder.mask_tokens.weight"], state["mask_decoder.mask_tokens.weight"][:3])
-    assert "mask_decoder.mask_tokens.weight" in report.reinitialised
-    assert "mask_decoder.output_hypernetworks_mlps.0.layers.0.weight" not in report.reinitialised
+    # SAM's 4 mask tokens load as they are; the 3 class channels start from tokens 1, 2, 3
+    assert torch.equal(loaded["mask_decoder.mask_tokens.weight"], state["mask_decoder.mask_tokens.weight"])
+    assert torch.equal(loaded["class_tokens.weight"], state["mask_decoder.mask_tokens.weight"][1:4])
+    assert torch.equal(loaded["class_heads.2.layers.0.weight"],
+                       state["mask_decoder.output_hypernetworks_mlps.3.layers.0.weight"])
+    assert "class_tokens.weight" in report.reinitialised
+    assert "mask_decoder.mask_tokens.weight" not in report.reinitialised
     assert "reinitialised" not in report.summary() and "initialised" in report.summary()
 
 
 def test_with_a_checkpoint_only_adapters_decoder_and_new_parts_get_gradients(sam_vit_b):
     path, _ = sam_vit_b
     torch.manual_seed(0)
-    model = build_model(ModelConfig.for_variant("vit_b", 64, n_outputs=2), checkpoint=path)  # 64: quick
+    model = build_model(ModelConfig.for_variant("vit_b", 64, n_outputs=2), path)  # 64: quick
     assert model.checkpoint_report.loaded > 0
     counts = model.parameter_counts()
     assert counts["frozen"] > 5 * counts["trainable"]  # the encoder dominates vit_b
@@ -91,8 +95,8 @@ def test_with_a_checkpoint_only_adapters_decoder_and_new_parts_get_gradients(sam
         sam_frozen = name.startswith(("image_encoder.", "prompt_encoder.")) and ".adapter_" not in name
         if sam_frozen or name.startswith(("depth_net.", "depth_fusion.")):
             assert not p.requires_grad and p.grad is None, name
-        elif name.startswith("mask_decoder.iou_"):
-            continue  # the IoU head is SAM's; sabnet does not use its output
+        elif name.startswith(("mask_decoder.iou_", "mask_decoder.mask_tokens", "mask_decoder.output_hyper")):
+            continue  # the IoU head and the object token are the prompted pass's; this is the automatic one
         else:
             assert p.requires_grad and p.grad is not None, name
     up = model.image_encoder.blocks[3].adapter_mlp.up.weight.grad
@@ -102,7 +106,7 @@ def test_with_a_checkpoint_only_adapters_decoder_and_new_parts_get_gradients(sam
 def test_a_checkpoint_of_another_variant_fails_naming_the_tensors(sam_vit_b):
     model = SABModel(ModelConfig.for_variant("sab_small", 256))
     with pytest.raises(SabnetError) as error:
-        load_sam_checkpoint(model, sam_vit_b[0])
+        load_pretrained(model, sam_vit_b[0])
     message = str(error.value)
     assert "image_encoder.patch_embed.proj.weight checkpoint (768, 3, 16, 16) vs model (256, 3, 16, 16)" in message
     assert re.search(r"and \d+ more", message)  # long lists are cut
@@ -119,7 +123,7 @@ def test_a_truncated_tensor_fails_naming_it(tmp_path):
     with pytest.raises(SabnetError, match=r"1 tensors of another shape: mask_decoder\.transformer\.layers\.0\.mlp\.lin1\.weight "
                                           r"checkpoint \(100, 64\) vs model \(256, 64\); "
                                           r"1 missing from the checkpoint: prompt_encoder\.no_mask_embed\.weight"):
-        load_sam_checkpoint(model, tmp_path / "broken.pth")
+        load_pretrained(model, tmp_path / "broken.pth")
 
 
 def test_detect_variant_reads_the_architecture_from_shapes(sam_vit_b):
@@ -138,7 +142,7 @@ def test_a_custom_small_state_dict_round_trips_through_detection(tmp_path):
     info = detect_variant(read_state_dict(tmp_path / "tiny.pth"))
     assert (info["variant"], info["patch_size"], info["adapter_blocks"]) == ("sab_tiny", 16, [1])
     model = SABModel(ModelConfig.for_variant("sab_tiny", 256))  # a sabnet model, also resampled
-    report = load_sam_checkpoint(model, tmp_path / "tiny.pth")
+    report = load_pretrained(model, tmp_path / "tiny.pth")
     assert "image_encoder.pos_embed" in report.interpolated
     assert any("blocks.0.adapter_" in n for n in report.fresh)  # block 0 had no adapters saved
 

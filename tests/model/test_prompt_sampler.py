@@ -90,9 +90,11 @@ def test_sampled_prompts_drive_the_model_in_a_mixed_batch():
     model = SABModel(ModelConfig.for_variant("sab_tiny", 96, n_outputs=3, n_labels=2)).eval()
     prompts = PromptSampler(prompt_probability=0.5).sample(np.stack([two_discs()] * 6), np.random.default_rng(4))
     assert 0 < int(prompts.automatic.sum()) < 6
+    prompted = torch.nonzero(~prompts.automatic).flatten()
     with torch.no_grad():
-        logits = model(torch.randn(6, 1, 96, 96), prompts)
+        logits, objects, index = model(torch.randn(6, 1, 96, 96), prompts_for=lambda _: (prompted, prompts[prompted]))
     assert logits.shape == (6, 3, 96, 96) and torch.isfinite(logits).all()
+    assert objects.shape == (len(prompted), 1, 96, 96) and torch.isfinite(objects).all()
 
 
 def test_the_same_generator_seed_gives_the_same_prompts():

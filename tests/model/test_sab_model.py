@@ -118,37 +118,47 @@ def test_a_fusion_block_of_older_sabnet_is_restarted_and_a_trained_one_kept():
     assert not fusion.restart_if_stuck() and fusion.gate.item() == pytest.approx(0.7)
 
 
-def test_each_kind_of_prompt_changes_the_output():
+def test_each_kind_of_prompt_changes_the_object_and_the_label_the_automatic_output():
     model = small_model(n_outputs=3, n_labels=2)
     randomise_new_parts(model)
     with torch.no_grad():
         embeddings = model.encode(torch.randn(1, 1, 128, 128))
         automatic = model.decode(embeddings)
+        auto_label_2 = model.decode(embeddings, label=torch.tensor([2]))
         point = Prompts(label=torch.tensor([1]), points=torch.tensor([[[40.0, 60.0]]]), point_labels=torch.tensor([[1]]))
         moved = Prompts(label=torch.tensor([1]), points=torch.tensor([[[90.0, 20.0]]]), point_labels=torch.tensor([[1]]))
         negative = Prompts(label=torch.tensor([1]), points=torch.tensor([[[40.0, 60.0]]]), point_labels=torch.tensor([[0]]))
         other_label = Prompts(label=torch.tensor([2]), points=point.points, point_labels=point.point_labels)
         box = Prompts(label=torch.tensor([1]), boxes=torch.tensor([[10.0, 20.0, 70.0, 90.0]]))
         mask = point.with_mask(torch.randn(1, 1, model.config.mask_size, model.config.mask_size) * 5)
-        outputs = [model.decode(embeddings, p) for p in (point, moved, negative, other_label, box, mask)]
-        auto_label_2 = model.decode(embeddings, label=torch.tensor([2]))
-    for i, out in enumerate([automatic, auto_label_2] + outputs):
-        for other in ([automatic, auto_label_2] + outputs)[i + 1:]:
+        objects = [model.decode_object(embeddings, p) for p in (point, moved, negative, other_label, box, mask)]
+    assert automatic.shape == (1, 3, 32, 32) and objects[0].shape == (1, 1, 32, 32)
+    assert not torch.allclose(automatic, auto_label_2, atol=1e-4)
+    for i, out in enumerate(objects):
+        for other in objects[i + 1:]:
             assert not torch.allclose(out, other, atol=1e-4)
+    with pytest.raises(ValueError, match="decode for automatic samples"):
+        model.decode_object(embeddings, Prompts(label=torch.tensor([1])))
 
 
 def test_a_sample_gives_the_same_output_whatever_else_is_in_its_batch():
     model = small_model()
+    randomise_new_parts(model)
     grid = model.config.grid_size
-    embeddings = torch.randn(2, 64, grid, grid)
-    mixed = Prompts(label=torch.tensor([0, 1]), points=torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[30.0, 40.0], [5.0, 9.0]]]),
-                    point_labels=torch.tensor([[-1, -1], [1, 0]]), boxes=torch.tensor([[0.0, 0, 0, 0], [1.0, 2, 80, 90]]),
-                    box_valid=torch.tensor([False, True]))
-    assert mixed.automatic.tolist() == [True, False]
+    embeddings = torch.randn(3, 64, grid, grid)
+    mixed = Prompts(label=torch.tensor([1, 1, 1]),
+                    points=torch.tensor([[[7.0, 8.0], [0.0, 0.0]], [[30.0, 40.0], [5.0, 9.0]], [[3.0, 4.0], [0.0, 0.0]]]),
+                    point_labels=torch.tensor([[1, -1], [1, 0], [1, -1]]),
+                    boxes=torch.tensor([[0.0, 0, 0, 0], [1.0, 2, 80, 90], [0.0, 0, 0, 0]]),
+                    box_valid=torch.tensor([False, True, False]))
     with torch.no_grad():
-        together = model.decode(embeddings, mixed)
-        alone = model.decode(embeddings[:1])
-    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
+        together = model.decode_object(embeddings, mixed)
+        alone = [model.decode_object(embeddings[i:i + 1], mixed[[i]]) for i in range(3)]
+        automatic = model.decode(embeddings)
+        automatic_alone = model.decode(embeddings[1:2])
+    for i in range(3):
+        torch.testing.assert_close(together[i:i + 1], alone[i], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(automatic[1:2], automatic_alone, rtol=1e-4, atol=1e-5)
 
 
 def test_too_many_points_or_a_wrong_mask_size_are_refused():
@@ -156,9 +166,9 @@ def test_too_many_points_or_a_wrong_mask_size_are_refused():
     embeddings = torch.zeros(1, 64, model.config.grid_size, model.config.grid_size)
     many = Prompts(label=torch.tensor([1]), points=torch.zeros(1, 7, 2), point_labels=torch.ones(1, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="max_prompt_points"):
-        model.decode(embeddings, many)
+        model.decode_object(embeddings, many)
     with pytest.raises(ValueError, match="32, 32"):
-        model.decode(embeddings, Prompts(label=torch.tensor([1]), mask=torch.zeros(1, 1, 64, 64)))
+        model.decode_object(embeddings, Prompts(label=torch.tensor([1]), mask=torch.zeros(1, 1, 64, 64)))
 
 
 def test_without_checkpoint_everything_but_the_unused_depth_branch_trains():
@@ -185,4 +195,4 @@ def test_stage_3d_trains_the_depth_branch_and_decoder_with_the_encoder_frozen():
     assert model.depth_fusion.gate.grad is not None
     assert model.depth_fusion.block[0].weight.grad.abs().sum() > 0
     assert model.depth_net.head.weight.grad.abs().sum() > 0  # kept probabilities pass gradients back
-    assert model.mask_decoder.mask_tokens.weight.grad is not None
+    assert model.class_tokens.weight.grad is not None

@@ -146,27 +146,20 @@ def test_initial_state_keeps_shared_heads_and_starts_new_labels_fresh(source, ro
     model = SABModel(ModelConfig.from_dict(new_plan.model))
     model.load_state_dict(state)  # fits exactly
 
-    per_output = ("mask_decoder.mask_tokens", "mask_decoder.output_hypernetworks_mlps",
-                  "mask_decoder.iou_prediction_head.layers.2", "label_embed")
+    per_output = ("class_tokens", "class_heads", "label_embed")
     body = [k for k in fresh if not k.startswith(per_output)]
     assert len(body) > 100 and all(torch.equal(state[k], d_state[k]) for k in body)
     j = d_labels.index(shared)
     for new_index, old_index in ((0, 0), (2, j)):  # background and the shared bone keep D's heads
-        assert torch.equal(state["mask_decoder.mask_tokens.weight"][new_index],
-                           d_state["mask_decoder.mask_tokens.weight"][old_index])
-        assert torch.equal(state["mask_decoder.iou_prediction_head.layers.2.weight"][new_index],
-                           d_state["mask_decoder.iou_prediction_head.layers.2.weight"][old_index])
+        assert torch.equal(state["class_tokens.weight"][new_index], d_state["class_tokens.weight"][old_index])
         for part in ("layers.0.weight", "layers.2.bias"):
-            assert torch.equal(state[f"mask_decoder.output_hypernetworks_mlps.{new_index}.{part}"],
-                               d_state[f"mask_decoder.output_hypernetworks_mlps.{old_index}.{part}"])
+            assert torch.equal(state[f"class_heads.{new_index}.{part}"], d_state[f"class_heads.{old_index}.{part}"])
     assert torch.equal(state["label_embed.weight"][2], d_state["label_embed.weight"][j])  # row = label value
     assert torch.equal(state["label_embed.weight"][0], d_state["label_embed.weight"][0])  # 'all labels'
     # the new label starts as a newly built model's head: fresh token and MLP, zero label embedding
-    assert torch.equal(state["mask_decoder.mask_tokens.weight"][1], fresh["mask_decoder.mask_tokens.weight"][1])
-    assert torch.equal(state["mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"],
-                       fresh["mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"])
-    assert not any(torch.equal(state["mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"],
-                               d_state[f"mask_decoder.output_hypernetworks_mlps.{i}.layers.0.weight"])
+    assert torch.equal(state["class_tokens.weight"][1], fresh["class_tokens.weight"][1])
+    assert torch.equal(state["class_heads.1.layers.0.weight"], fresh["class_heads.1.layers.0.weight"])
+    assert not any(torch.equal(state["class_heads.1.layers.0.weight"], d_state[f"class_heads.{i}.layers.0.weight"])
                    for i in range(len(d_labels)))
     assert not state["label_embed.weight"][1].any()
 

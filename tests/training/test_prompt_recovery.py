@@ -3,20 +3,22 @@
 Each image holds one ring, always 'bone', and three identical plain disks of which only some are
 bone (chosen at random), so no model can tell from the image alone which disks are: the automatic
 mode finds the ring and leaves the disks out (each is bone less often than not). A positive click
-is what tells. A tiny model is trained for a few hundred steps as `SlicePhase` trains it (hybrid
-prompts from the ground truth, the prompted ones turned into corrections of its own automatic
-prediction: all of them here, half in `SlicePhase`, to learn quickly; Dice + cross-entropy), and then
-must segment a clicked disk it missed, and only that one.
+is what tells. A tiny model is trained for a few hundred steps as `SlicePhase` trains it (every
+sample trains the automatic pass, the prompted ones also the prompted pass against the clicked
+label's mask, their prompts turned into corrections of the automatic prediction: all of them here,
+half in `SlicePhase`, to learn quickly), and then, its object merged into the automatic labels as
+prediction merges it, must segment a clicked disk it missed, and only that one.
 """
 import numpy as np
 import pytest
 import torch
 
+from sabnet.model.case_predictor import merge_object
 from sabnet.model.config import ModelConfig
 from sabnet.model.prompts import Prompts, PromptSampler
 from sabnet.model.sab_model import SABModel
 from sabnet.training.correction_prompts import correction_prompts, correction_samples, predicted_labels
-from sabnet.training.losses import segmentation_loss
+from sabnet.training.losses import object_loss, segmentation_loss
 
 S, RADIUS = 64, 7
 CENTRES = np.array([(16, 16), (16, 48), (48, 16), (48, 48)])
@@ -65,13 +67,18 @@ def test_a_click_inside_a_missed_bone_recovers_it(two_threads):
     for _ in range(400):
         images, target, _ = _batch(rng, 16)
         prompts = sampler.sample(target, rng)
-        embeddings = model.encode(images)
         samples = correction_samples(prompts, rng, share=1.0)
-        with torch.no_grad():
-            automatic = model.upsample_logits(model.decode(embeddings[torch.as_tensor(samples, dtype=torch.long)]))
-        prompts = correction_prompts(prompts, samples, target, predicted_labels(automatic, "sigmoid"),
-                                     model.config.mask_size, sampler, rng)
-        loss = segmentation_loss(model.upsample_logits(model.decode(embeddings, prompts)), torch.from_numpy(target), "sigmoid")
+        prompted = torch.nonzero(~prompts.automatic).flatten()
+
+        def prompts_for(automatic):
+            corrected = correction_prompts(prompts, samples, target, predicted_labels(automatic[samples], "sigmoid"),
+                                           model.config.mask_size, sampler, rng)
+            return prompted, corrected[prompted]
+
+        logits, objects, index = model(images, prompts_for=prompts_for)
+        loss = segmentation_loss(logits, torch.from_numpy(target), "sigmoid")
+        if objects is not None:
+            loss = loss + object_loss(objects, torch.from_numpy(target[index.numpy()] == 1)[:, None])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -91,7 +98,9 @@ def test_a_click_inside_a_missed_bone_recovers_it(two_threads):
             row, col = np.argwhere(clicked).mean(axis=0)
             click = Prompts(label=torch.tensor([1]), points=torch.tensor([[[col, row]]], dtype=torch.float32),
                             point_labels=torch.tensor([[1]]))
-            mask = model.upsample_logits(model.decode(embeddings[b:b + 1], click))[0, 0].numpy() > 0
+            found = torch.sigmoid(model.upsample_logits(model.decode_object(embeddings[b:b + 1], click))[0, 0])
+            bone = torch.sigmoid(model.upsample_logits(model.decode(embeddings[b:b + 1]))[0])
+            mask = merge_object(bone, found, 1, "sigmoid")[0].numpy() > 0.5
             if missed:
                 recovered.append(2 * (mask & clicked).sum() / (mask.sum() + clicked.sum()))
             others = [disk for disk, _ in sample if disk is not clicked and not (automatic[b].numpy() & disk).any()]

@@ -1,0 +1,149 @@
+"""Zero-shot prompting on real MRI: the packaged LiteMedSAM, no training, on the 36 lumbar spines of
+Dataset001_SpineVB3, with prompts derived from the manual labels, through sabnet's own path
+(prompts file entries in IJK -> `slice_prompts_for_case` -> `EnsemblePredictor(automatic=False)`
+-> the input's grid):
+
+  (a) boxes:   a box per vertebra on every slice that holds it (along the slice axis sabnet picks);
+  (b) carried: a box per vertebra on its middle slice only, carried to the other slices;
+  (c) point:   one positive point per vertebra (its deepest pixel) on its middle slice, carried.
+
+Each case is encoded once for the three (one CaseEmbeddings shared). Dice per vertebra (3D, per
+case) and of the five vertebrae merged into one bone; medians and means over cases.
+
+    python benchmarks/zero_shot_spine.py [--data ../shared/data/Dataset001_SpineVB3] [--cases N]
+        [--out /tmp/zero_shot_spine] [--no-mask-prompt]
+
+Writes <out>/zero_shot_per_case.csv and <out>/zero_shot.md (table, command, CPU, time).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from sabnet.dataset.raw_dataset import RawDataset
+from sabnet.inference.predict_image import preprocess_for_prediction
+from sabnet.inference.prompt_coordinates import slice_prompts_for_case
+from sabnet.inference.zero_shot import zero_shot_model, zero_shot_plan
+from sabnet.io.image_io import read_image
+from sabnet.model.case_predictor import CaseEmbeddings, EnsemblePredictor
+from sabnet.model.prompt_carrying import CarryRules
+from sabnet.preprocessing.inverse import probabilities_to_original
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset001_SpineVB3"
+CONFIGURATIONS = ("boxes", "carried", "point")
+
+
+def vertebra_prompts(labels: np.ndarray, slice_axis: int, names: dict[str, int]) -> dict[str, list[dict]]:
+    """Prompt entries (IJK) of the three configurations for one label map (array order)."""
+    out = {c: [] for c in CONFIGURATIONS}
+    in_plane = [a for a in range(3) if a != slice_axis]
+    for name, value in names.items():
+        mask = labels == value
+        if not mask.any():
+            continue
+        present = np.flatnonzero(mask.any(axis=tuple(in_plane)))
+        middle = int(present[len(present) // 2])
+        for k in present:
+            plane = np.take(mask, k, axis=slice_axis)
+            rows, cols = np.nonzero(plane)
+            corners = []
+            for r, c in ((rows.min(), cols.min()), (rows.max(), cols.max())):
+                index = [0, 0, 0]
+                index[slice_axis], index[in_plane[0]], index[in_plane[1]] = int(k), int(r), int(c)
+                corners.append(index[::-1])
+            entry = {"label": name, "box": corners}
+            out["boxes"].append(entry)
+            if k == middle:
+                out["carried"].append(entry)
+                depth = ndimage.distance_transform_edt(np.pad(plane, 1))[1:-1, 1:-1]
+                r, c = np.unravel_index(int(np.argmax(depth)), depth.shape)
+                index = [0, 0, 0]
+                index[slice_axis], index[in_plane[0]], index[in_plane[1]] = int(k), int(r), int(c)
+                out["point"].append({"label": name, "points": [index[::-1]], "point_labels": [1]})
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--cases", type=int, default=None, help="the first N cases only")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/zero_shot_spine"))
+    parser.add_argument("--no-mask-prompt", action="store_true", help="carry the box alone, not the previous mask")
+    args = parser.parse_args()
+    if not (args.data / "dataset.json").is_file():
+        sys.exit(f"{args.data}: no dataset here; give --data")
+    torch.set_num_threads(2)
+    dataset = RawDataset.load(args.data)
+    names = dataset.foreground_labels
+    table = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}  # the zero-shot channels
+    model = zero_shot_model(len(names))
+    predictor = EnsemblePredictor([model], "cpu", 4, automatic=False,
+                                  carry_rules=CarryRules(use_mask=not args.no_mask_prompt))
+    rows, started = [], time.perf_counter()
+    case_ids = dataset.case_ids()[: args.cases]
+    for n, case_id in enumerate(case_ids):
+        case = dataset.case(case_id)
+        image, geometry = read_image(case.image_files[0])
+        labels, _ = read_image(case.label_file)
+        plan = zero_shot_plan(geometry, len(names))
+        pre = preprocess_for_prediction([image], geometry, plan)
+        axis = pre.properties["slice_frame"]["axes"][0]
+        prompts = vertebra_prompts(labels, axis, names)
+        shared = CaseEmbeddings(predictor, pre.image, keep_all=True)
+        tick = time.perf_counter()
+        for configuration in CONFIGURATIONS:
+            slice_prompts = slice_prompts_for_case(prompts[configuration], "ijk", geometry, pre.properties, table,
+                                                   case_id)
+            t0 = time.perf_counter()
+            probabilities = predictor.predict(pre.image, pre.depth_image, pre.properties, "2d", slice_prompts,
+                                              carry=configuration != "boxes", embeddings=shared)
+            predicted, _ = probabilities_to_original(probabilities, pre.properties)
+            row = {"case": case_id, "configuration": configuration, "seconds": time.perf_counter() - t0,
+                   "merged": dice(predicted > 0, labels > 0)}
+            for name, value in names.items():
+                row[name] = dice(predicted == table[name], labels == value)
+            rows.append(row)
+        print(f"[{n + 1}/{len(case_ids)}] {case_id}: " + ", ".join(
+            f"{r['configuration']} {np.nanmean([r[k] for k in names]):.3f}/{r['merged']:.3f}" for r in rows[-3:])
+              + f" ({time.perf_counter() - tick:.0f} s, {predictor.encoder_calls} encoder calls so far)", flush=True)
+    frame = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / "zero_shot_per_case.csv", index=False, float_format="%.4f")
+    summary = []
+    for configuration in CONFIGURATIONS:
+        part = frame[frame.configuration == configuration]
+        per_vertebra = part[list(names)]
+        summary.append({"configuration": configuration,
+                        **{n: per_vertebra[n].mean() for n in names},
+                        "mean per vertebra": float(np.nanmean(per_vertebra.to_numpy())),
+                        "median per vertebra (cases)": float(np.nanmedian(per_vertebra.mean(axis=1))),
+                        "merged mean": part["merged"].mean(), "merged median": part["merged"].median(),
+                        "merged worst": part["merged"].min(), "s per case": part["seconds"].median()})
+    text = pd.DataFrame(summary).to_markdown(index=False, floatfmt=".3f")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    report = (f"# Zero-shot prompting, LiteMedSAM, {len(case_ids)} cases of {args.data.name}\n\n"
+              f"Command: `python benchmarks/zero_shot_spine.py {' '.join(sys.argv[1:])}`\n"
+              f"CPU: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
+              f"{datetime.datetime.now():%Y-%m-%d %H:%M}; {time.perf_counter() - started:.0f} s in all, "
+              f"{predictor.encoder_calls} encoder calls\n\n{text}\n")
+    (args.out / "zero_shot.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
