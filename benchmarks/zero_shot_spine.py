@@ -34,7 +34,7 @@ from sabnet.inference.predict_image import preprocess_for_prediction
 from sabnet.inference.prompt_coordinates import slice_prompts_for_case
 from sabnet.inference.zero_shot import zero_shot_model, zero_shot_plan
 from sabnet.io.image_io import read_image
-from sabnet.model.case_predictor import CaseEmbeddings, EnsemblePredictor
+from sabnet.model.case_predictor import ZERO_SHOT_OBJECT_THRESHOLD, CaseEmbeddings, EnsemblePredictor
 from sabnet.model.prompt_carrying import CarryRules
 from sabnet.preprocessing.inverse import probabilities_to_original
 
@@ -82,7 +82,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cases", type=int, default=None, help="the first N cases only")
     parser.add_argument("--out", type=Path, default=Path("/tmp/zero_shot_spine"))
-    parser.add_argument("--no-mask-prompt", action="store_true", help="carry the box alone, not the previous mask")
+    parser.add_argument("--mask-prompt", action="store_true", help="carry the previous mask too, not the box alone")
+    parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS))
+    parser.add_argument("--threshold", type=float, default=ZERO_SHOT_OBJECT_THRESHOLD,
+                        help="object probability threshold (sab_predict --pretrained's)")
     args = parser.parse_args()
     if not (args.data / "dataset.json").is_file():
         sys.exit(f"{args.data}: no dataset here; give --data")
@@ -92,7 +95,8 @@ def main() -> None:
     table = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}  # the zero-shot channels
     model = zero_shot_model(len(names))
     predictor = EnsemblePredictor([model], "cpu", 4, automatic=False,
-                                  carry_rules=CarryRules(use_mask=not args.no_mask_prompt))
+                                  carry_rules=CarryRules(use_mask=args.mask_prompt, box_threshold=1 - args.threshold),
+                                  object_threshold=args.threshold, point_boxes=True)
     rows, started = [], time.perf_counter()
     case_ids = dataset.case_ids()[: args.cases]
     for n, case_id in enumerate(case_ids):
@@ -105,7 +109,7 @@ def main() -> None:
         prompts = vertebra_prompts(labels, axis, names)
         shared = CaseEmbeddings(predictor, pre.image, keep_all=True)
         tick = time.perf_counter()
-        for configuration in CONFIGURATIONS:
+        for configuration in args.configurations:
             slice_prompts = slice_prompts_for_case(prompts[configuration], "ijk", geometry, pre.properties, table,
                                                    case_id)
             t0 = time.perf_counter()
@@ -118,13 +122,14 @@ def main() -> None:
                 row[name] = dice(predicted == table[name], labels == value)
             rows.append(row)
         print(f"[{n + 1}/{len(case_ids)}] {case_id}: " + ", ".join(
-            f"{r['configuration']} {np.nanmean([r[k] for k in names]):.3f}/{r['merged']:.3f}" for r in rows[-3:])
+            f"{r['configuration']} {np.nanmean([r[k] for k in names]):.3f}/{r['merged']:.3f}"
+            for r in rows[-len(args.configurations):])
               + f" ({time.perf_counter() - tick:.0f} s, {predictor.encoder_calls} encoder calls so far)", flush=True)
     frame = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "zero_shot_per_case.csv", index=False, float_format="%.4f")
     summary = []
-    for configuration in CONFIGURATIONS:
+    for configuration in args.configurations:
         part = frame[frame.configuration == configuration]
         per_vertebra = part[list(names)]
         summary.append({"configuration": configuration,

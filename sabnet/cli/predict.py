@@ -88,7 +88,7 @@ def _run_zero_shot(args: argparse.Namespace, device: str) -> int:
     from sabnet.inference.prompt_coordinates import read_prompts_file
     from sabnet.inference.zero_shot import zero_shot_labels, zero_shot_model
     from sabnet.io.atomic import write_json
-    from sabnet.model.case_predictor import EnsemblePredictor
+    from sabnet.model.case_predictor import ZERO_SHOT_CARRY, ZERO_SHOT_OBJECT_THRESHOLD, EnsemblePredictor
 
     if args.dataset or args.plan or args.folds:
         raise SabnetError("--pretrained uses the pretrained weights alone: drop -d, -p and -f")
@@ -112,7 +112,8 @@ def _run_zero_shot(args: argparse.Namespace, device: str) -> int:
           f"({device}); labels {labels}\nwriting {settings.output_dir}")
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(settings.output_dir / "labels.json", {"background": 0, **labels})
-    predictor = EnsemblePredictor([model], device, args.batch_size or 4, automatic=False)
+    predictor = EnsemblePredictor([model], device, args.batch_size or 4, automatic=False,
+                                  object_threshold=ZERO_SHOT_OBJECT_THRESHOLD, carry_rules=ZERO_SHOT_CARRY, point_boxes=True)
     return _report(predict_cohort(cases, None, predictor, settings))
 
 

@@ -28,7 +28,8 @@ from sabnet.inference.prompt_coordinates import array_index_to_preprocessed, lab
 from sabnet.inference.zero_shot import zero_shot_model, zero_shot_plan
 from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import read_image
-from sabnet.model.case_predictor import CaseEmbeddings, EnsemblePredictor, merge_object
+from sabnet.model.case_predictor import (ZERO_SHOT_CARRY, ZERO_SHOT_OBJECT_THRESHOLD, CaseEmbeddings, EnsemblePredictor,
+                                         merge_object)
 from sabnet.model.prompt_carrying import carry_objects
 from sabnet.model.slice_prompts import SlicePrompt
 from sabnet.planning.plans import Plan
@@ -88,8 +89,9 @@ class InteractiveSession:
         n = len(labels)
         model = zero_shot_model(n, weights, device)
         channels = {"background": 0, **{name: i + 1 for i, name in enumerate(labels)}}
-        session = cls(lambda geometry: zero_shot_plan(geometry, n), EnsemblePredictor([model], device, 4, automatic=False),
-                      labels=channels)
+        predictor = EnsemblePredictor([model], device, 4, automatic=False, object_threshold=ZERO_SHOT_OBJECT_THRESHOLD, carry_rules=ZERO_SHOT_CARRY,
+                                      point_boxes=True)
+        session = cls(lambda geometry: zero_shot_plan(geometry, n), predictor, labels=channels)
         session._values = np.array([0] + list(labels.values()))
         return session
 
