@@ -30,15 +30,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, without importing torch (planning never loads it): a
+    device node, and no CUDA_VISIBLE_DEVICES hiding it."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def _run(args: argparse.Namespace) -> int:
     roots = Roots.from_environment()
     print(roots.describe())
     ref = resolve_dataset(args.dataset, roots)
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "gpu" if torch.cuda.is_available() else "cpu"
+    device = args.device or ("gpu" if gpu_visible() else "cpu")
     options = PlanningOptions(args.binary, args.sam_checkpoint, args.memory_target_gb, device, args.variant)
     print(f"reading {ref.raw_dir}\nwriting {ref.preprocessed_dir}")
     result = plan_and_preprocess(ref, options, args.num_processes, args.verify, args.replan, args.plan_only)

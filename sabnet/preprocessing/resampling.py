@@ -3,12 +3,14 @@
 Grids are matched by their extent: n pixels of spacing s become m pixels of spacing n*s/m covering
 the same field of view (pixel centres at (i + 0.5) * n*s/m), which is what `align_corners=False`
 means in torch. The through-plane axis is never interpolated here.
+
+torch is imported only where interpolation needs it: planning and preprocessing a cohort that is
+already at the target spacing (the depth volume is an average over boxes, done in numpy) never
+load it, which is most of their start-up time.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def in_plane_shape(shape_hw: tuple[int, int], spacing_hw_mm: tuple[float, float], target_spacing_mm: float) -> tuple[int, int]:
@@ -25,10 +27,13 @@ def resample_slices(stack: np.ndarray | torch.Tensor, out_hw: tuple[int, int], o
     memory flat; numpy in -> numpy out (float32), tensor in -> tensor out (same device).
     """
     as_numpy = isinstance(stack, np.ndarray)
+    if tuple(stack.shape[-2:]) == tuple(out_hw):
+        return np.ascontiguousarray(stack, dtype=np.float32) if as_numpy else stack.float()
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32)) if as_numpy else stack.float()
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
-    if (h, w) == tuple(out_hw):
-        return x.numpy() if as_numpy else x
     flat = x.reshape(-1, 1, h, w)
     mode = {3: "bicubic", 1: "bilinear", 0: "nearest"}[order]
     antialias = order > 0 and (out_hw[0] < h or out_hw[1] < w)
@@ -66,13 +71,34 @@ def resample_labels(labels: np.ndarray, out_hw: tuple[int, int], values: list[in
 
 
 def resample_volume(volume: np.ndarray, out_shape: tuple[int, int, int], order: int = 1) -> np.ndarray:
-    """Resample a (..., D, H, W) volume to (..., *out_shape) by extent: area averaging where a
-    dimension shrinks (anti-aliased), trilinear otherwise. Used for the depth-branch volume."""
-    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    """Resample a (..., D, H, W) volume to (..., *out_shape) by extent: area averaging where every
+    dimension shrinks or stays (anti-aliased; torch's 'area' mode, computed in numpy), trilinear
+    otherwise. Used for the depth-branch volume."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if all(o <= i for o, i in zip(out_shape, volume.shape[-3:])):
+        out = volume
+        for axis, size in zip(range(volume.ndim - 3, volume.ndim), out_shape):
+            out = area_average(out, size, axis)
+        return np.ascontiguousarray(out, dtype=np.float32)
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(volume))
     lead = x.shape[:-3]
     x = x.reshape(-1, 1, *x.shape[-3:])
-    if all(o <= i for o, i in zip(out_shape, x.shape[-3:])):
-        out = F.interpolate(x, size=tuple(out_shape), mode="area")
-    else:
-        out = F.interpolate(x, size=tuple(out_shape), mode="trilinear" if order else "nearest", align_corners=False if order else None)
+    out = F.interpolate(x, size=tuple(out_shape), mode="trilinear" if order else "nearest", align_corners=False if order else None)
     return out.reshape(*lead, *out_shape).numpy()
+
+
+def area_average(array: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """`array` reduced to `size` along `axis` by averaging, as adaptive average pooling does:
+    output i averages inputs floor(i n / size) .. ceil((i + 1) n / size) - 1."""
+    n = array.shape[axis]
+    if n == size:
+        return array
+    starts = (np.arange(size) * n) // size
+    stops = -((-(np.arange(size) + 1) * n) // size)
+    cumulative = np.cumsum(np.moveaxis(array, axis, 0), axis=0, dtype=np.float64)
+    cumulative = np.concatenate([np.zeros((1,) + cumulative.shape[1:]), cumulative])
+    out = (cumulative[stops] - cumulative[starts]) / (stops - starts).reshape((-1,) + (1,) * (array.ndim - 1))
+    return np.moveaxis(out, 0, axis)

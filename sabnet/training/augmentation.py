@@ -23,21 +23,12 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 
+from sabnet.training.spatial_augmentation import FieldOfViewCrop, SpatialAugmentation, batch_rng, content_hw
+
+__all__ = ["FieldOfViewCrop", "SpatialAugmentation"]  # spatial steps live in spatial_augmentation
+
 RNG_KEY = "rng"
 AUGMENT_STREAM = 1  # SeedSequence key of the augmentation stream (the loader's sampling uses 0)
-
-
-def batch_rng(data_dict: dict) -> np.random.Generator:
-    rng = data_dict.get(RNG_KEY)
-    return rng if rng is not None else np.random.default_rng()
-
-
-def content_hw(data_dict: dict) -> np.ndarray:
-    """(B, 2) rows and columns of real pixels per sample (the whole frame without "slice_hw")."""
-    data = data_dict["data"]
-    if "slice_hw" in data_dict:
-        return np.asarray(data_dict["slice_hw"], dtype=np.int64)
-    return np.tile(np.array(data.shape[-2:], dtype=np.int64), (data.shape[0], 1))
 
 
 class SeededCompose(AbstractTransform):
@@ -53,57 +44,6 @@ class SeededCompose(AbstractTransform):
             data_dict = transform(**data_dict)
         data_dict.pop(RNG_KEY, None)
         return data_dict
-
-
-class SpatialAugmentation(AbstractTransform):
-    """In-plane rotation and scaling about the centre of each sample's real pixels, in one resampling.
-
-    rotation_deg: angle range, degrees, drawn uniformly; p_rotation: chance per sample.
-    scale: zoom range (>1 enlarges), drawn log-uniformly (0.8 and 1.25 equally likely); p_scale: chance.
-    Image channels: cubic spline (order_data); seg: nearest neighbour (label values kept);
-    attention: linear. What moves in from outside the slice is 0 in all three. A sample whose
-    draw would move every pixel of one of its labels out of the frame is left as it is, so the
-    foreground that the loader forced into a sample stays there.
-    """
-
-    def __init__(self, rotation_deg: tuple[float, float] = (-30.0, 30.0), p_rotation: float = 0.3,
-                 scale: tuple[float, float] = (0.8, 1.25), p_scale: float = 0.3, order_data: int = 3):
-        self.rotation_deg = tuple(rotation_deg)
-        self.p_rotation = p_rotation
-        self.scale = tuple(scale)
-        self.p_scale = p_scale
-        self.order_data = order_data
-
-    def __call__(self, **data_dict):
-        rng = batch_rng(data_dict)
-        data, seg, attention = data_dict["data"], data_dict.get("seg"), data_dict.get("attention")
-        for b, (h, w) in enumerate(content_hw(data_dict)):
-            angle = np.deg2rad(rng.uniform(*self.rotation_deg)) if rng.random() < self.p_rotation else 0.0
-            zoom = np.exp(rng.uniform(*np.log(self.scale))) if rng.random() < self.p_scale else 1.0
-            if angle == 0.0 and zoom == 1.0:
-                continue
-            matrix, offset = self.output_to_input(angle, zoom, ((h - 1) / 2, (w - 1) / 2))
-            if seg is not None:
-                moved = ndimage.affine_transform(seg[b, 0], matrix, offset, order=0, mode="grid-constant", cval=0)
-                if set(np.unique(seg[b, 0])) - set(np.unique(moved)) - {0}:
-                    continue  # a label would leave the frame entirely: keep this sample as it is
-                seg[b, 0] = moved
-            for c in range(data.shape[1]):
-                data[b, c] = ndimage.affine_transform(data[b, c], matrix, offset, order=self.order_data,
-                                                      mode="grid-constant", cval=0.0)
-            if attention is not None:
-                attention[b, 0] = ndimage.affine_transform(attention[b, 0], matrix, offset, order=1,
-                                                           mode="grid-constant", cval=0.0)
-        return data_dict
-
-    @staticmethod
-    def output_to_input(angle_rad: float, zoom: float, centre_rc: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-        """(matrix, offset) for scipy's affine_transform (input = matrix @ output + offset, (row, col)):
-        content rotated by `angle_rad` and enlarged by `zoom` about `centre_rc`."""
-        cos, sin = np.cos(angle_rad), np.sin(angle_rad)
-        matrix = np.array([[cos, sin], [-sin, cos]]) / zoom
-        centre = np.asarray(centre_rc, dtype=float)
-        return matrix, centre - matrix @ centre
 
 
 class _IntensityAugmentation(AbstractTransform):
@@ -270,13 +210,13 @@ def default_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
     belongs to it, and clipped to it after)."""
     intensity = [SequenceAugmentation(), BrightnessAugmentation(), ContrastAugmentation(), GammaAugmentation(),
                  NoiseAugmentation(), BlurAugmentation()]
-    return _with_spatial(intensity, SpatialAugmentation(), unit_range)
+    return _with_spatial(intensity, [FieldOfViewCrop(), SpatialAugmentation()], unit_range)
 
 
-def _with_spatial(intensity: list[AbstractTransform], spatial: AbstractTransform, unit_range: bool) -> list:
+def _with_spatial(intensity: list[AbstractTransform], spatial: list[AbstractTransform], unit_range: bool) -> list:
     if not unit_range:
-        return intensity + [spatial]
-    return intensity + [UnitRange(), spatial, UnitRange(clip_only=True)]
+        return intensity + spatial
+    return intensity + [UnitRange()] + spatial + [UnitRange(clip_only=True)]
 
 
 def copy_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
@@ -285,4 +225,5 @@ def copy_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
     training, and a rotation or scaling half of the time."""
     intensity = [SequenceAugmentation(p_per_sample=1.0), BrightnessAugmentation(), ContrastAugmentation(),
                  GammaAugmentation(), NoiseAugmentation(), BlurAugmentation()]
-    return _with_spatial(intensity, SpatialAugmentation(p_rotation=0.5, p_scale=0.5), unit_range)
+    return _with_spatial(intensity, [FieldOfViewCrop(p_per_sample=0.5), SpatialAugmentation(p_rotation=0.5, p_scale=0.5)],
+                         unit_range)

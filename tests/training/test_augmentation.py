@@ -151,3 +151,25 @@ def test_the_default_pipeline_keeps_shapes_types_and_label_values():
     assert np.isfinite(after["data"]).all()
     assert set(np.unique(after["seg"])) <= {0, 1, 2}
     assert not np.array_equal(after["data"], before["data"])
+
+
+def test_a_field_of_view_crop_moves_image_and_labels_together_to_the_top_left():
+    from sabnet.training.spatial_augmentation import FieldOfViewCrop
+
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[:64, :64]
+    data = np.zeros((6, 1, 64, 64), np.float32)
+    data[:, 0, :50, :40] = (rows * 100 + cols + 1)[:50, :40]  # each pixel says where it came from
+    seg = np.zeros((6, 1, 64, 64), np.int16)
+    seg[:, 0, 20:30, 10:20] = 2
+    original_seg = seg.copy()
+    batch = FieldOfViewCrop(p_per_sample=1.0, min_fraction=0.5)(data=data, seg=seg, slice_hw=np.array([[50, 40]] * 6),
+                                                                 rng=rng)
+    for b, (h, w) in enumerate(batch["slice_hw"]):
+        assert 25 <= h <= 50 and 20 <= w <= 40
+        assert not batch["data"][b, :, h:].any() and not batch["data"][b, :, :, w:].any()  # the rest is 0
+        r0, c0 = divmod(int(batch["data"][b, 0, 0, 0]) - 1, 100)  # where the window started
+        np.testing.assert_array_equal(batch["data"][b, 0, :h, :w], (rows * 100 + cols + 1)[r0:r0 + h, c0:c0 + w])
+        np.testing.assert_array_equal(batch["seg"][b, 0, :h, :w], original_seg[b, 0, r0:r0 + h, c0:c0 + w])
+        assert (batch["seg"][b] == 2).any()  # a crop that would lose the label is not taken
+    assert len({tuple(x) for x in batch["slice_hw"]}) > 1
