@@ -21,7 +21,10 @@ from segment_anything.modeling.image_encoder import Block, window_partition, win
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import Tensor, nn
 
-from sabnet.model.config import is_adapter_parameter  # noqa: F401  (where callers have found it)
+from sabnet.model.config import is_adapter_parameter
+
+__all__ = ["Adapter", "AdapterBlock", "AdapterTwoWayAttentionBlock", "SegmentAnyBoneTwoWayAttentionBlock",
+           "add_encoder_adapters", "add_decoder_adapters", "is_adapter_parameter"]
 
 
 class Adapter(nn.Module):

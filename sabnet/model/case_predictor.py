@@ -21,7 +21,6 @@ import torch
 
 from sabnet.io.slice_frame import depth_positions
 from sabnet.model.depth_branch import pad_to_input
-from sabnet.model.detail_branch import ImageEmbeddings
 from sabnet.model.point_box_search import box_for_point
 from sabnet.model.prompt_carrying import CarryRules, carry_objects
 from sabnet.model.sab_model import SABModel

@@ -10,7 +10,12 @@ load it, which is most of their start-up time.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def in_plane_shape(shape_hw: tuple[int, int], spacing_hw_mm: tuple[float, float], target_spacing_mm: float) -> tuple[int, int]:

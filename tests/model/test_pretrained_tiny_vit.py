@@ -2,7 +2,6 @@
 loads with every tensor used, altered copies are refused, the other layouts (built here) are
 recognised from their shapes, fresh adapters change nothing, and a box segments a phantom bone
 with no training."""
-import hashlib
 import shutil
 from pathlib import Path
 
