@@ -69,6 +69,7 @@ class SlicePhase:
         self.output_mode = plan.model["output_mode"]
         self.labels = {name: value for name, value in plan.labels.items() if value != 0}
         self._validation_batches: list[dict] | None = None
+        self._validation_limit: int | None = None
         self._sampler = sampler_from_plan(plan)
         self._rng = np.random.default_rng(plan.training.seed)
         self._prefetched: tuple[int, object] | None = None  # (epoch, started augmenter)
@@ -146,10 +147,22 @@ class SlicePhase:
             loss = loss + object_loss(objects.float(), wanted)
         return loss
 
+    def limit_validation(self, n_samples: int) -> None:
+        self._validation_limit = n_samples
+
     @torch.no_grad()
     def validate(self, model: SABModel) -> ValidationScores:
-        """Pseudo Dice per label on the validation slices (shared out over processes)."""
+        """Pseudo Dice per label on the validation slices (the first `limit_validation` of them
+        under a time budget; shared out over processes)."""
         batches = self.validation_batches()
+        if self._validation_limit is not None:
+            kept, left = [], self._validation_limit
+            for batch in batches:
+                if left <= 0:
+                    break
+                kept.append({k: v[:left] for k, v in batch.items()})
+                left -= len(batch["data"])
+            batches = kept
         counts = torch.zeros(len(self.labels), 3, dtype=torch.float64)  # tp, fp, fn per label
         loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of batch losses, number of batches
         for batch in batches[self.ctx.rank::self.ctx.world_size]:

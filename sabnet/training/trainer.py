@@ -40,6 +40,7 @@ MAX_BUDGET_EPOCHS = 1000
 CALIBRATION_ITERATIONS = 4   # under a time budget, iterations timed before the epoch length is set
 TARGET_EPOCHS = 10           # ... chosen so that about this many epochs fit the budget
 VALIDATION_SHARE = 0.15      # share of the budget assumed for per-epoch validation when calibrating
+VALIDATION_MIN_SAMPLES = 8   # a time budget never validates on fewer samples
 PHASE_NUMBERS = {"2d": 1, "depth": 2, "fusion": 3}
 WRITE_INTERVAL_S = 60.0      # checkpoint_best and progress.png at most this often within a phase
 
@@ -98,6 +99,9 @@ class Phase(Protocol):
     def validate(self, model: SABModel) -> ValidationScores:
         """Scores on the fold's validation cases, the same on every process."""
 
+    def limit_validation(self, n_samples: int) -> None:
+        """Validate on at most `n_samples` samples from now on (a time budget's epochs are short)."""
+
 
 class EpochLoop:
     """Trains `phase` for `schedule.epochs` epochs; see the module docstring.
@@ -149,6 +153,9 @@ class EpochLoop:
                          epochs=max(2, min(MAX_BUDGET_EPOCHS, total // iterations)))
         self.progress.line(f"phase {self.phase.name}: {t:.2f} s per iteration; {iterations} iterations per epoch "
                            f"to fit the budget of {self.budget_s / 60:.1f} min")
+        # validating on a quarter of the samples an epoch trains on keeps it near a tenth of the epoch
+        # (a forward pass costs about a third of a training step)
+        self.phase.limit_validation(max(VALIDATION_MIN_SAMPLES, iterations * self.schedule.batch_size // 4))
 
     def _fit_budget_epochs(self, epoch: int, spent_s: float, scheduler) -> None:
         """Under a time budget, after every epoch: the epochs that fit what is left of the budget at

@@ -121,3 +121,27 @@ def test_sab_train_with_a_frozen_encoder_trains_from_the_cache(cohort, capsys):
     # a second fold finds the cache written
     assert sab_train(["-d", NAME, "-f", "1", "--stage", "2d"]) == 0
     assert "up to date" in (folder / "fold_1" / "training_log.txt").read_text()
+
+
+def test_a_time_budget_limits_the_validation_slices():
+    raw = tiny_cohort()
+    ref = resolve_dataset(raw)
+    plan, store = load_plan(ref.preprocessed_dir), PreprocessedStore(ref.preprocessed_dir)
+    model = build_model(ModelConfig.from_dict(plan.model))
+    ids = store.case_ids()
+    ctx = start("cpu")
+    try:
+        schedule = Schedule(epochs=1, iterations_per_epoch=1, batch_size=4, initial_lr=1e-3, weight_decay=0.0,
+                            warmup_epochs=1)
+        phase = SlicePhase("2d", plan, store, ids[:4], ids[4:], schedule, 0, ctx, 0, False)
+        seen = []
+        original = model.forward
+        model.forward = lambda images, *a, **k: seen.append(len(images)) or original(images, *a, **k)
+        phase.validate(model)
+        assert sum(seen) == plan.training.validation_slices
+        seen.clear()
+        phase.limit_validation(5)
+        phase.validate(model)
+        assert sum(seen) == 5
+    finally:
+        stop(ctx)
