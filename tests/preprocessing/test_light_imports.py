@@ -22,7 +22,7 @@ print("HEAVY", heavy[:5])
 
 def test_planning_and_preprocessing_import_no_network_code(tmp_path):
     env_root = tmp_path / "home"
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            env={"SABNET_HOME": str(env_root), "PATH": "/usr/bin:/bin"}, timeout=600)
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, encoding="utf-8",
+                            errors="replace", env={"SABNET_HOME": str(env_root), "PATH": "/usr/bin:/bin"}, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "HEAVY []" in result.stdout, result.stdout[-2000:]
