@@ -99,7 +99,14 @@ def main() -> None:
                                   object_threshold=args.threshold, point_boxes=True)
     rows, started = [], time.perf_counter()
     case_ids = dataset.case_ids()[: args.cases]
+    partial = args.out / "zero_shot_per_case.partial.csv"  # kept after every case: a stopped run resumes
+    if partial.is_file():
+        rows = [r for r in pd.read_csv(partial).to_dict("records") if r["configuration"] in args.configurations]
+    done = {r["case"] for r in rows}
+    args.out.mkdir(parents=True, exist_ok=True)
     for n, case_id in enumerate(case_ids):
+        if case_id in done:
+            continue
         case = dataset.case(case_id)
         image, geometry = read_image(case.image_files[0])
         labels, _ = read_image(case.label_file)
@@ -121,12 +128,12 @@ def main() -> None:
             for name, value in names.items():
                 row[name] = dice(predicted == table[name], labels == value)
             rows.append(row)
+        pd.DataFrame(rows).to_csv(partial, index=False, float_format="%.6f")
         print(f"[{n + 1}/{len(case_ids)}] {case_id}: " + ", ".join(
             f"{r['configuration']} {np.nanmean([r[k] for k in names]):.3f}/{r['merged']:.3f}"
             for r in rows[-len(args.configurations):])
               + f" ({time.perf_counter() - tick:.0f} s, {predictor.encoder_calls} encoder calls so far)", flush=True)
     frame = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "zero_shot_per_case.csv", index=False, float_format="%.4f")
     summary = []
     for configuration in args.configurations:
