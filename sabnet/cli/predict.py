@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--plan", help="model folder name under the dataset's results (when there are several)")
     p.add_argument("-f", "--folds", nargs="+", type=int, help="folds to ensemble (default: all trained folds)")
     p.add_argument("-chk", "--checkpoint", choices=["final", "best", "latest"], default="final")
-    p.add_argument("--mode", choices=["2d", "3d"], default="2d", help="3d uses the depth-attention branch")
+    p.add_argument("--mode", choices=["2d", "3d"], default=None,
+                   help="3d uses the depth-attention branch (default: the mode sab_find_best_configuration chose "
+                        "for the model, else 2d)")
     p.add_argument("--prompts", help="JSON file of points/boxes per case (see README)")
     p.add_argument("--no-carry", action="store_true",
                    help="prompt only the slices the prompts lie on (default: carry each object to the neighbouring "
@@ -43,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from sabnet.inference.inputs import list_input_cases
-    from sabnet.inference.model_folder import find_model_folder, load_ensemble
+    from sabnet.inference.model_folder import chosen_mode, find_model_folder, load_ensemble
     from sabnet.inference.postprocessing import load_postprocessing
     from sabnet.inference.predict_cohort import PredictionSettings, predict_cohort, select_part
     from sabnet.inference.prompt_coordinates import read_prompts_file
@@ -63,6 +65,9 @@ def _run(args: argparse.Namespace) -> int:
     print(roots.describe())
     ref = resolve_dataset(args.dataset, roots)
     folder = find_model_folder(ref, args.plan)
+    mode_reason = "as asked"
+    if args.mode is None:
+        args.mode, mode_reason = chosen_mode(folder)
     plan, models, folds = load_ensemble(folder, args.folds, args.checkpoint, device, args.mode)
     cases = select_part(list_input_cases(args.input, len(plan.channel_names)), args.num_parts, args.part_id)
     prompts = read_prompts_file(args.prompts) if args.prompts else None
@@ -75,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities, overwrite=args.overwrite, qc=args.qc,
         postprocessing=None if args.no_postprocessing else load_postprocessing(folder))
     print(f"reading {args.input} ({len(cases)} cases) and model {folder} (folds {', '.join(map(str, folds))}, "
-          f"checkpoint_{args.checkpoint}, {args.mode} mode, {device})\nwriting {settings.output_dir}")
+          f"checkpoint_{args.checkpoint}, {args.mode} mode ({mode_reason}), {device})\nwriting {settings.output_dir}")
     predictor = EnsemblePredictor(models, device, args.batch_size or max(plan.training.batch_size, 4))
     return _report(predict_cohort(cases, plan, predictor, settings))
 

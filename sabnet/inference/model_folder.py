@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -30,6 +31,27 @@ def find_model_folder(ref: DatasetRef, name: str | None = None) -> Path:
         raise SabnetError(f"{ref.results_dir}: several trained models ({', '.join(c.name for c in candidates)}); "
                           "choose one with -p NAME")
     return candidates[0]
+
+
+BEST_CONFIGURATION_FILE = "best_configuration.json"
+DEFAULT_MODE = "2d"  # 3D mode has not measured better than 2D on real data (docs/benchmarks.md)
+
+
+def chosen_mode(folder: Path) -> tuple[str, str]:
+    """(mode, why) sab_predict uses when not told: the mode sab_find_best_configuration chose for
+    this model folder (its best_configuration.json), else DEFAULT_MODE."""
+    path = folder / BEST_CONFIGURATION_FILE
+    if path.is_file():
+        try:
+            mode = json.loads(path.read_text(encoding="utf-8")).get("mode")
+        except (OSError, ValueError, AttributeError) as e:
+            raise SabnetError(f"{path}: unreadable ({e}); run sab_find_best_configuration again or give --mode") from e
+        if mode not in ("2d", "3d"):
+            raise SabnetError(f"{path}: mode {mode!r} is neither 2d nor 3d; run sab_find_best_configuration again "
+                              "or give --mode")
+        return mode, f"chosen by sab_find_best_configuration ({path.name})"
+    return DEFAULT_MODE, ("the default: 3D mode has not measured better than 2D on real data; "
+                          "sab_find_best_configuration compares them on this model's folds")
 
 
 def available_folds(folder: Path, checkpoint: str) -> list[int]:

@@ -169,3 +169,24 @@ def test_prompts_change_only_their_slice(model_folder, tmp_path):
     prompts[case_id]["prompts"][0]["label"] = "humerus"
     (tmp_path / "bad.json").write_text(json.dumps(prompts))
     assert run_predict(raw, tmp_path / "bad", "-f", "0", "--prompts", str(tmp_path / "bad.json")) == 1
+
+
+def test_without_mode_it_predicts_in_the_mode_find_best_configuration_chose(model_folder, tmp_path, capsys):
+    raw, folder = model_folder[:2]
+    image = sorted((raw / "imagesTr").iterdir())[0]
+    name = image.name.replace("_0000", "")
+    assert run_predict(raw, tmp_path / "default") == 0  # no choice written: 2D
+    assert "2d mode (the default" in capsys.readouterr().out
+    best = folder / "best_configuration.json"
+    try:
+        best.write_text(json.dumps({"mode": "3d"}))
+        assert run_predict(raw, tmp_path / "chosen") == 0
+        assert "3d mode (chosen by sab_find_best_configuration" in capsys.readouterr().out
+        assert run_predict(raw, tmp_path / "3d", "--mode", "3d") == 0
+        chosen, three, two = (read_image(tmp_path / d / name)[0] for d in ("chosen", "3d", "default"))
+        assert np.array_equal(chosen, three) and not np.array_equal(chosen, two)
+        best.write_text(json.dumps({"mode": "4d"}))
+        assert run_predict(raw, tmp_path / "bad") != 0
+        assert "best_configuration.json: mode '4d'" in capsys.readouterr().err
+    finally:
+        best.unlink(missing_ok=True)
