@@ -8,7 +8,8 @@ five-fold ensemble costs about one encoding. The depth branch runs once per case
 Automatic pass: each fold's class probabilities, averaged. Prompted slices then run the prompted
 pass (SAM's object output, averaged over the folds) and the prompted label takes the object's
 probability there; `carry` follows each prompt's object to the neighbouring slices
-(sabnet.model.prompt_carrying). With `automatic=False` (pretrained weights used zero-shot) only
+(sabnet.model.prompt_carrying). Last, a positive click names the structure it lands on
+(sabnet.model.click_labels: the slice's connected component, or with `carry` the volume's). With `automatic=False` (pretrained weights used zero-shot) only
 prompted objects are segmented and everything else is background.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from sabnet.io.slice_frame import depth_positions
+from sabnet.model.click_labels import apply_clicked_labels
 from sabnet.model.depth_branch import pad_to_input
 from sabnet.model.point_box_search import box_for_point
 from sabnet.model.prompt_carrying import CarryRules, carry_objects
@@ -156,7 +158,8 @@ class EnsemblePredictor:
         (n_classes, n_slices, rows, cols) float32, averaged over the models.
 
         prompts: {slice index: [SlicePrompt, ...]}; the prompted labels take their prompted objects'
-        probabilities there (and, with `carry`, on the neighbouring slices the objects reach).
+        probabilities there (and, with `carry`, on the neighbouring slices the objects reach); the
+        structure under a positive click takes its label (in 3D with `carry`).
         embeddings: this image's CaseEmbeddings, to share them between calls (both modes).
         """
         if mode not in MODES:
@@ -179,6 +182,8 @@ class EnsemblePredictor:
             for (s, label), p in objects.items():
                 probabilities[:, s] = merge_object(probabilities[:, s], torch.from_numpy(p), label,
                                                    self.config.output_mode)
+            if self.automatic and self.config.output_mode == "softmax":
+                probabilities = apply_clicked_labels(probabilities, prompts, carried=carry)
         return probabilities.numpy()
 
     def probability_volumes(self, depth_image: np.ndarray, mode: str) -> list[torch.Tensor | None]:

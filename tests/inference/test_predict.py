@@ -146,7 +146,7 @@ def test_parts_split_the_cohort_and_qc_pictures(model_folder, tmp_path):
                          "--part-id", "2"]) == 1
 
 
-def test_prompts_change_only_their_slice(model_folder, tmp_path):
+def test_prompts_not_carried_change_only_their_slice(model_folder, tmp_path):
     raw = model_folder[0]
     image_file = sorted((raw / "imagesTr").iterdir())[0]
     case_id = image_file.name.split("_0000")[0]
@@ -156,7 +156,8 @@ def test_prompts_change_only_their_slice(model_folder, tmp_path):
                                                             "point_labels": [1]}]}}
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     assert run_predict(raw, tmp_path / "auto", "-f", "0") == 0
-    assert run_predict(raw, tmp_path / "prompted", "-f", "0", "--prompts", str(tmp_path / "prompts.json")) == 0
+    assert run_predict(raw, tmp_path / "prompted", "-f", "0", "--prompts", str(tmp_path / "prompts.json"),
+                       "--no-carry") == 0
     auto, _ = read_image(tmp_path / "auto" / f"{case_id}.nii.gz")
     prompted, _ = read_image(tmp_path / "prompted" / f"{case_id}.nii.gz")
     changed = np.argwhere(auto != prompted)
