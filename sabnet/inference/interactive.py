@@ -30,6 +30,7 @@ from sabnet.io.geometry import Geometry
 from sabnet.io.image_io import read_image
 from sabnet.model.case_predictor import (ZERO_SHOT_CARRY, ZERO_SHOT_OBJECT_THRESHOLD, CaseEmbeddings, EnsemblePredictor,
                                          merge_object)
+from sabnet.model.click_labels import apply_clicked_labels
 from sabnet.model.prompt_carrying import carry_objects
 from sabnet.model.slice_prompts import SlicePrompt
 from sabnet.planning.plans import Plan
@@ -193,9 +194,14 @@ class InteractiveSession:
     def _store(self, s: int) -> SliceResult:
         """Write slice s (automatic labels with its objects merged) into the label map."""
         probabilities = self._automatic[:, s].clone()
+        output_mode = self.predictor.config.output_mode
         for (t, label), p in self._objects.items():
             if t == s:
-                probabilities = merge_object(probabilities, torch.from_numpy(p), label, self.predictor.config.output_mode)
+                probabilities = merge_object(probabilities, torch.from_numpy(p), label, output_mode,
+                                             self.predictor.object_merge)
+        if self.predictor.automatic and output_mode == "softmax" and s in self._prompts:  # a click names its bone
+            clicked = {0: list(self._prompts[s].values())}
+            probabilities = apply_clicked_labels(probabilities[:, None], clicked, carried=False)[:, 0]
         axis, index, plane = slice_probabilities_to_original(probabilities.numpy(), s, self._case.properties)
         plane = self._output_values(plane)
         where = [slice(None)] * 3

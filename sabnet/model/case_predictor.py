@@ -7,8 +7,8 @@ five-fold ensemble costs about one encoding. The depth branch runs once per case
 
 Automatic pass: each fold's class probabilities, averaged. Prompted slices then run the prompted
 pass (SAM's object output, averaged over the folds) and the prompted label takes the object's
-probability there; `carry` follows each prompt's object to the neighbouring slices
-(sabnet.model.prompt_carrying). Last, a positive click names the structure it lands on
+probability there (or the larger of the two: `object_merge`); zero-shot, `carry` follows each
+prompt's object to the neighbouring slices (sabnet.model.prompt_carrying). Last, a positive click names the structure it lands on
 (sabnet.model.click_labels: the slice's connected component, or with `carry` the volume's). With `automatic=False` (pretrained weights used zero-shot) only
 prompted objects are segmented and everything else is background.
 """
@@ -123,11 +123,19 @@ class EnsemblePredictor:
         bone and takes ZERO_SHOT_OBJECT_THRESHOLD.
     point_boxes: give a lone positive click a box first (sabnet.model.point_box_search), for
         pretrained networks that were trained with boxes only.
+    object_merge: how a prompted object enters its label (`merge_object`): 'union' (default with
+        the automatic pass: an object adds where the automatic pass missed, never removes) or
+        'replace' (default zero-shot, where there is no automatic pass).
+    walk_objects: `carry` walks each object slice by slice with the prompted pass (default only
+        zero-shot). With the automatic pass, carrying is the 3D naming of the clicked bones
+        (sabnet.model.click_labels): on the real spine (sab_tiny, 8 CPU minutes, fold 0) walking
+        added nothing to it and 'replace' cost 0.04 to 0.26 per vertebra (docs/benchmarks.md).
     """
 
     def __init__(self, models: list[SABModel], device: str | torch.device = "cpu", batch_size: int = 8,
                  automatic: bool = True, carry_rules: CarryRules | None = None, encode_batch: int | None = None,
-                 object_threshold: float = 0.5, point_boxes: bool = False):
+                 object_threshold: float = 0.5, point_boxes: bool = False, object_merge: str | None = None,
+                 walk_objects: bool | None = None):
         if not models:
             raise ValueError("no models to predict with")
         self.models = models
@@ -138,6 +146,8 @@ class EnsemblePredictor:
         self.carry_rules = carry_rules or CarryRules()
         self.object_logit_shift = float(np.log(object_threshold / (1 - object_threshold)))
         self.point_boxes = point_boxes
+        self.object_merge = object_merge or ("union" if automatic else "replace")
+        self.walk_objects = (not automatic) if walk_objects is None else walk_objects
         self.config = models[0].config
         digests = [encoder_digest(m) for m in models]
         unique = list(dict.fromkeys(digests))
@@ -177,11 +187,11 @@ class EnsemblePredictor:
             def segment(s: int, prompt: SlicePrompt) -> np.ndarray:
                 return self.object_probability(cache, s, prompt, volumes, properties)
 
-            objects = (carry_objects(prompts, n_slices, segment, self.carry_rules) if carry else
+            objects = (carry_objects(prompts, n_slices, segment, self.carry_rules) if carry and self.walk_objects else
                        {(s, p.label): segment(s, p) for s, ps in prompts.items() for p in ps})
             for (s, label), p in objects.items():
                 probabilities[:, s] = merge_object(probabilities[:, s], torch.from_numpy(p), label,
-                                                   self.config.output_mode)
+                                                   self.config.output_mode, self.object_merge)
             if self.automatic and self.config.output_mode == "softmax":
                 probabilities = apply_clicked_labels(probabilities, prompts, carried=carry)
         return probabilities.numpy()
@@ -288,16 +298,19 @@ class EnsemblePredictor:
         return torch.sigmoid(logits) if model.config.output_mode == "sigmoid" else torch.softmax(logits, dim=1)
 
 
-def merge_object(probabilities: torch.Tensor, object_probability: torch.Tensor, label: int, output_mode: str
-                 ) -> torch.Tensor:
+def merge_object(probabilities: torch.Tensor, object_probability: torch.Tensor, label: int, output_mode: str,
+                 how: str = "replace") -> torch.Tensor:
     """A slice's class probabilities (K, rows, cols) with a prompted object (rows, cols) of `label`.
 
-    softmax: the label takes the object's probability and the other classes share the rest in
-    their old proportions (so a click both adds and removes); sigmoid (one bone channel): the bone
-    channel takes the larger of the two.
+    softmax: the label takes the object's probability ('replace': a click both adds and removes;
+    'union': the larger of the object's and the label's own, a click only adds) and the other
+    classes share the rest in their old proportions; sigmoid (one bone channel): the bone channel
+    takes the larger of the two.
     """
     if output_mode == "sigmoid":
         return torch.maximum(probabilities, object_probability[None])
+    if how == "union":
+        object_probability = torch.maximum(object_probability, probabilities[label])
     others = probabilities.clone()
     others[label] = 0
     total = others.sum(dim=0)

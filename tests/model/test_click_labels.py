@@ -63,3 +63,13 @@ def test_clicks_off_the_foreground_negative_clicks_and_unknown_labels_change_not
     out = apply_clicked_labels(probabilities, prompts, carried=True)
     assert torch.equal(out, probabilities)
     assert positive_clicks({4: [click(1, 4, 13, 10), click(1, 4, 50, 10)]}, truth.shape).tolist() == [[4, 13, 10, 1]]
+
+
+def test_a_prompted_object_in_union_adds_to_its_label_and_never_removes_it():
+    from sabnet.model.case_predictor import merge_object
+
+    probabilities = torch.tensor([[0.1, 0.8, 0.8], [0.8, 0.1, 0.1], [0.1, 0.1, 0.1]])[:, None]  # (3, 1, 3)
+    found = torch.tensor([[0.0, 0.9, 0.0]])  # the object covers pixel 1, not pixel 0 where label 1 already is
+    union = merge_object(probabilities, found, 1, "softmax", "union").argmax(0)[0].tolist()
+    replace = merge_object(probabilities, found, 1, "softmax", "replace").argmax(0)[0].tolist()
+    assert union == [1, 1, 0] and replace == [0, 1, 0]
