@@ -26,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                         "for the model, else 2d)")
     p.add_argument("--prompts", help="JSON file of points/boxes per case (see README)")
     p.add_argument("--no-carry", action="store_true",
-                   help="prompt only the slices the prompts lie on (default: carry each object to the neighbouring "
-                        "slices while it persists)")
+                   help="keep each prompt to the slice it lies on (default: a click names the bone it lands on "
+                        "through the volume; with --pretrained each object is followed slice by slice while it persists)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.npz")
     p.add_argument("--device", help="cpu, cuda or mps (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder call (default from the plan)")
