@@ -8,8 +8,9 @@ five-fold ensemble costs about one encoding. The depth branch runs once per case
 Automatic pass: each fold's class probabilities, averaged. Prompted slices then run the prompted
 pass (SAM's object output, averaged over the folds) and the prompted label takes the object's
 probability there (or the larger of the two: `object_merge`); zero-shot, `carry` follows each
-prompt's object to the neighbouring slices (sabnet.model.prompt_carrying). Last, a positive click names the structure it lands on
-(sabnet.model.click_labels: the slice's connected component, or with `carry` the volume's). With `automatic=False` (pretrained weights used zero-shot) only
+prompt's object to the neighbouring slices (sabnet.model.prompt_carrying). Last, a positive click
+names the structure it lands on (sabnet.model.click_labels: the slice's connected component, or
+with `carry` the volume's). With `automatic=False` (pretrained weights used zero-shot) only
 prompted objects are segmented and everything else is background.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sabnet.model.sab_model import SABModel
 from sabnet.model.slice_prompts import SlicePrompt, batch_prompts
 
 MODES = ("2d", "3d")
+OBJECT_MERGES = ("union", "replace")  # how a prompted object enters its label (merge_object)
 TILE_OVERLAP = 0.25
 # LiteMedSAM's object output under-segments bone: on phantoms of knee, hip, shoulder and spine in
 # T1, T2, PD and STIR, one box per bone and slice gave 3D Dice 0.848 / 0.867 / 0.878 at thresholds
@@ -129,7 +131,8 @@ class EnsemblePredictor:
     walk_objects: `carry` walks each object slice by slice with the prompted pass (default only
         zero-shot). With the automatic pass, carrying is the 3D naming of the clicked bones
         (sabnet.model.click_labels): on the real spine (sab_tiny, 8 CPU minutes, fold 0) walking
-        added nothing to it and 'replace' cost 0.04 to 0.26 per vertebra (docs/benchmarks.md).
+        added nothing to it, and 'replace' with walking lost 0.20 per vertebra (0.612 against
+        0.813; up to 0.26 on one volume) (docs/benchmarks.md).
     """
 
     def __init__(self, models: list[SABModel], device: str | torch.device = "cpu", batch_size: int = 8,
@@ -147,6 +150,8 @@ class EnsemblePredictor:
         self.object_logit_shift = float(np.log(object_threshold / (1 - object_threshold)))
         self.point_boxes = point_boxes
         self.object_merge = object_merge or ("union" if automatic else "replace")
+        if self.object_merge not in OBJECT_MERGES:
+            raise ValueError(f"object_merge must be one of {OBJECT_MERGES}, got {object_merge!r}")
         self.walk_objects = (not automatic) if walk_objects is None else walk_objects
         self.config = models[0].config
         digests = [encoder_digest(m) for m in models]

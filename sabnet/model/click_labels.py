@@ -53,10 +53,9 @@ def clicked_labels(foreground: np.ndarray, clicks: np.ndarray, carried: bool) ->
         _name_components(foreground, clicks, named)
     else:
         for s in np.unique(clicks[:, 0]):
-            on_slice = clicks[clicks[:, 0] == s]
-            view = named[s:s + 1]
-            _name_components(foreground[s:s + 1], np.column_stack([np.zeros(len(on_slice), np.int64),
-                                                                  on_slice[:, 1:]]), view)
+            on_slice = clicks[clicks[:, 0] == s].copy()
+            on_slice[:, 0] = 0  # the slice is a volume of one slice
+            _name_components(foreground[s:s + 1], on_slice, named[s:s + 1])
     return named
 
 

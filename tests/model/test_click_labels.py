@@ -73,3 +73,28 @@ def test_a_prompted_object_in_union_adds_to_its_label_and_never_removes_it():
     union = merge_object(probabilities, found, 1, "softmax", "union").argmax(0)[0].tolist()
     replace = merge_object(probabilities, found, 1, "softmax", "replace").argmax(0)[0].tolist()
     assert union == [1, 1, 0] and replace == [0, 1, 0]
+
+
+def test_the_predictor_names_clicked_bones_and_walks_no_object_when_it_has_an_automatic_pass(monkeypatch):
+    from sabnet.model.case_predictor import EnsemblePredictor
+    from sabnet.model.config import ModelConfig
+    from sabnet.model.sab_model import build_model
+
+    truth, probabilities = spine()
+    model = build_model(ModelConfig.for_variant("sab_tiny", image_size=64, n_outputs=N_CLASSES, n_labels=3)).eval()
+    predictor = EnsemblePredictor([model])
+    segmented = []
+
+    def true_object(cache, s, prompt, volumes, properties):  # a perfect prompted pass
+        segmented.append(s)
+        return (truth[s] == prompt.label).astype(np.float32)
+
+    monkeypatch.setattr(predictor, "automatic_probabilities", lambda *args, **kwargs: probabilities.clone())
+    monkeypatch.setattr(predictor, "object_probability", true_object)
+    image = np.zeros((truth.shape[0], 1, *truth.shape[1:]), np.float32)
+    prompts = {2: [click(1, 2, 7, 10)], 4: [click(2, 4, 19, 10)], 6: [click(3, 6, 31, 10)]}
+    carried = predictor.predict(image, image[0], {}, "2d", prompts, carry=True)
+    assert np.array_equal(carried.argmax(0), truth)
+    assert sorted(segmented) == [2, 4, 6]  # the prompted slices only: no walk
+    one_slice = predictor.predict(image, image[0], {}, "2d", prompts, carry=False).argmax(0)
+    assert (one_slice[4, 14:24, 4:16] == 2).all() and (one_slice[2, 14:24, 4:16] == 3).all()  # its slice only
