@@ -43,13 +43,14 @@ def chosen_mode(folder: Path) -> tuple[str, str]:
     path = folder / BEST_CONFIGURATION_FILE
     if path.is_file():
         try:
-            mode = json.loads(path.read_text(encoding="utf-8")).get("mode")
+            best = json.loads(path.read_text(encoding="utf-8"))
+            mode, why = best.get("mode"), best.get("mode_reason")
         except (OSError, ValueError, AttributeError) as e:
             raise SabnetError(f"{path}: unreadable ({e}); run sab_find_best_configuration again or give --mode") from e
         if mode not in ("2d", "3d"):
             raise SabnetError(f"{path}: mode {mode!r} is neither 2d nor 3d; run sab_find_best_configuration again "
                               "or give --mode")
-        return mode, f"chosen by sab_find_best_configuration ({path.name})"
+        return mode, f"chosen by sab_find_best_configuration ({path.name}{': ' + why if why else ''})"
     return DEFAULT_MODE, ("the default: 3D mode has not measured better than 2D on real data; "
                           "sab_find_best_configuration compares them on this model's folds")
 

@@ -41,7 +41,10 @@ def test_the_better_mode_and_useful_postprocessing_are_chosen(folder_with_cv_pre
     assert find_best_main(["-d", str(raw)]) == 0
     out = capsys.readouterr().out
     best = json.loads((folder / "best_configuration.json").read_text())
-    assert best["mode"] == "2d"
+    assert best["mode"] == "2d" and "does not beat 2D" in best["mode_reason"]
+    from sabnet.inference.model_folder import chosen_mode
+    mode, why = chosen_mode(folder)  # what sab_predict uses when --mode is not given
+    assert mode == "2d" and "sab_find_best_configuration" in why and best["mode_reason"] in why
     assert best["mean_dice_by_mode"]["2d"] > best["mean_dice_by_mode"]["3d"]
     rules = load_postprocessing(folder)
     femur = rules.labels[plan.labels["femur"]]
@@ -57,3 +60,13 @@ def test_no_cross_validation_predictions_is_one_clear_error(tmp_path, monkeypatc
     use_roots(monkeypatch, tmp_path / "home")
     assert find_best_main(["-d", str(raw)]) == 1
     assert "no cross-validation predictions" in capsys.readouterr().err
+
+
+def test_3d_mode_is_chosen_only_when_it_clearly_beats_2d():
+    from sabnet.inference.best_configuration import MIN_3D_GAIN, choose_mode
+
+    assert choose_mode({"2d": 0.80, "3d": 0.80 + MIN_3D_GAIN / 2})[0] == "2d"  # equal within noise: 2D
+    mode, why = choose_mode({"2d": 0.80, "3d": 0.80 + 2 * MIN_3D_GAIN})
+    assert mode == "3d" and "beats 2D" in why
+    assert choose_mode({"2d": 0.80, "3d": 0.70})[0] == "2d"
+    assert choose_mode({"3d": 0.70}) == ("3d", "only 3d mode was validated")
