@@ -23,9 +23,9 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 
-from sabnet.training.spatial_augmentation import FieldOfViewCrop, SpatialAugmentation, batch_rng, content_hw
+from sabnet.training.spatial_augmentation import EndCut, FieldOfViewCrop, SpatialAugmentation, batch_rng, content_hw
 
-__all__ = ["FieldOfViewCrop", "SpatialAugmentation"]  # spatial steps live in spatial_augmentation
+__all__ = ["EndCut", "FieldOfViewCrop", "SpatialAugmentation"]  # spatial steps live in spatial_augmentation
 
 RNG_KEY = "rng"
 AUGMENT_STREAM = 1  # SeedSequence key of the augmentation stream (the loader's sampling uses 0)
@@ -210,7 +210,7 @@ def default_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
     belongs to it, and clipped to it after)."""
     intensity = [SequenceAugmentation(), BrightnessAugmentation(), ContrastAugmentation(), GammaAugmentation(),
                  NoiseAugmentation(), BlurAugmentation()]
-    return _with_spatial(intensity, [FieldOfViewCrop(), SpatialAugmentation()], unit_range)
+    return _with_spatial(intensity, [EndCut(), FieldOfViewCrop(), SpatialAugmentation()], unit_range)
 
 
 def _with_spatial(intensity: list[AbstractTransform], spatial: list[AbstractTransform], unit_range: bool) -> list:
@@ -225,5 +225,6 @@ def copy_augmentations(unit_range: bool = False) -> list[AbstractTransform]:
     training, and a rotation or scaling half of the time."""
     intensity = [SequenceAugmentation(p_per_sample=1.0), BrightnessAugmentation(), ContrastAugmentation(),
                  GammaAugmentation(), NoiseAugmentation(), BlurAugmentation()]
-    return _with_spatial(intensity, [FieldOfViewCrop(p_per_sample=0.5), SpatialAugmentation(p_rotation=0.5, p_scale=0.5)],
+    return _with_spatial(intensity, [EndCut(), FieldOfViewCrop(p_per_sample=0.5),
+                                      SpatialAugmentation(p_rotation=0.5, p_scale=0.5)],
                          unit_range)

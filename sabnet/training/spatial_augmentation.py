@@ -1,4 +1,5 @@
-"""Spatial training augmentations: in-plane rotation and scaling, and field-of-view crops.
+"""Spatial training augmentations: in-plane rotation and scaling, field-of-view crops, and fields of
+view that end elsewhere along the body (rows cut away at the top or the bottom).
 
 Batches as in sabnet.training.augmentation ("data" (B, C, S, S), "seg" (B, 1, S, S), optional
 "attention" (B, 1, S, S), "slice_hw" (B, 2) real pixels at the top-left, "rng"). What moves in from
@@ -111,6 +112,47 @@ class FieldOfViewCrop(AbstractTransform):
             if attention is not None:
                 attention[b, 0] = _moved(attention[b, 0], window)
             hw[b] = (ch, cw)
+        if "slice_hw" in data_dict:
+            data_dict["slice_hw"] = hw
+        return data_dict
+
+
+class EndCut(AbstractTransform):
+    """A field of view that ends elsewhere along the body: the top rows (chance `p_top`) or else the
+    bottom rows (chance `p_bottom`) are cut away, a share drawn uniformly from 0 to `max_fraction`
+    of the sample's real rows; what is left moves to the top-left, 0 elsewhere.
+
+    In the sagittal and coronal slice frames rows run head -> feet, so a top cut is a scan that
+    starts lower (L2..S1 instead of T12..S1) and a bottom cut one that stops higher (T12..L4).
+    Unlike FieldOfViewCrop, labels may vanish: the others keep their names, so the network cannot
+    name vertebrae by counting from whichever end of the image it sees and has to count from an
+    anatomical end that is in view (the sacrum, or the thoracolumbar junction).
+    """
+
+    def __init__(self, p_top: float = 0.2, p_bottom: float = 0.1, max_fraction: float = 0.4):
+        if p_top < 0 or p_bottom < 0 or p_top + p_bottom > 1:
+            raise ValueError(f"p_top {p_top} and p_bottom {p_bottom} must be >= 0 and add up to at most 1")
+        self.p_top, self.p_bottom = p_top, p_bottom
+        self.max_fraction = max_fraction
+
+    def __call__(self, **data_dict):
+        rng = batch_rng(data_dict)
+        data, seg, attention = data_dict["data"], data_dict.get("seg"), data_dict.get("attention")
+        hw = content_hw(data_dict)
+        for b, (h, w) in enumerate(hw):
+            draw = rng.random()
+            if draw >= self.p_top + self.p_bottom:
+                continue
+            cut = int(rng.integers(0, int(self.max_fraction * h) + 1))
+            if cut == 0:
+                continue
+            window = (slice(cut, h), slice(0, w)) if draw < self.p_top else (slice(0, h - cut), slice(0, w))
+            planes = [data[b, c] for c in range(data.shape[1])]
+            planes += [seg[b, 0]] if seg is not None else []
+            planes += [attention[b, 0]] if attention is not None else []
+            for plane in planes:
+                plane[...] = _moved(plane, window)
+            hw[b] = (h - cut, w)
         if "slice_hw" in data_dict:
             data_dict["slice_hw"] = hw
         return data_dict

@@ -173,3 +173,42 @@ def test_a_field_of_view_crop_moves_image_and_labels_together_to_the_top_left():
         np.testing.assert_array_equal(batch["seg"][b, 0, :h, :w], original_seg[b, 0, r0:r0 + h, c0:c0 + w])
         assert (batch["seg"][b] == 2).any()  # a crop that would lose the label is not taken
     assert len({tuple(x) for x in batch["slice_hw"]}) > 1
+
+
+def test_end_cut_moves_what_is_left_and_may_cut_whole_labels_away():
+    """A field of view that ends elsewhere: rows cut from the top or from the bottom, the rest moved
+    to the top-left unchanged (image, labels and attention alike), 0 elsewhere; a label in the cut
+    rows vanishes, the others keep their values."""
+    from sabnet.training.spatial_augmentation import EndCut
+
+    rows, cols = np.mgrid[:64, :64]
+    n = 24
+    data = np.zeros((n, 1, 64, 64), np.float32)
+    data[:, 0, :50, :40] = (rows * 100 + cols + 1)[:50, :40]  # each pixel says where it came from
+    seg = np.zeros((n, 1, 64, 64), np.int16)
+    seg[:, 0, 2:8, 10:20] = 1     # the first vertebra from the top
+    seg[:, 0, 24:30, 10:20] = 2   # one in the middle, never cut
+    seg[:, 0, 43:48, 10:20] = 3   # the last one at the bottom
+    attention = (seg > 0).astype(np.float32)
+    original = seg.copy()
+    batch = EndCut(p_top=0.5, p_bottom=0.5, max_fraction=0.4)(
+        data=data, seg=seg, attention=attention, slice_hw=np.array([[50, 40]] * n), rng=np.random.default_rng(1))
+    cut_top, cut_bottom = [], []
+    for b, (h, w) in enumerate(batch["slice_hw"]):
+        cut = 50 - h
+        assert 0 <= cut <= 20 and w == 40
+        top = int(batch["data"][b, 0, 0, 0]) - 1 == cut * 100  # the first row kept tells where the cut was
+        start = cut if top else 0
+        (cut_top if top and cut else cut_bottom if cut else []).append(cut)
+        np.testing.assert_array_equal(batch["data"][b, 0, :h, :w], (rows * 100 + cols + 1)[start:start + h, :40])
+        np.testing.assert_array_equal(batch["seg"][b, 0, :h, :w], original[b, 0, start:start + h, :40])
+        np.testing.assert_array_equal(batch["attention"][b, 0], batch["seg"][b, 0] > 0)
+        assert not batch["data"][b, :, h:].any() and not batch["seg"][b, :, h:].any()
+        assert (batch["seg"][b] == 2).any()
+        if top and cut >= 8:
+            assert not (batch["seg"][b] == 1).any() and (batch["seg"][b] == 3).any()
+        if not top and cut >= 7:
+            assert not (batch["seg"][b] == 3).any() and (batch["seg"][b] == 1).any()
+    assert any(c >= 8 for c in cut_top) and any(c >= 7 for c in cut_bottom)  # both ends lose a label somewhere
+    with pytest.raises(ValueError):
+        EndCut(p_top=0.8, p_bottom=0.5)
