@@ -93,7 +93,7 @@ class FieldOfViewCrop(AbstractTransform):
 
     def __call__(self, **data_dict):
         rng = batch_rng(data_dict)
-        data, seg, attention = data_dict["data"], data_dict.get("seg"), data_dict.get("attention")
+        seg = data_dict.get("seg")
         hw = content_hw(data_dict)
         for b, (h, w) in enumerate(hw):
             if rng.random() >= self.p_per_sample:
@@ -102,15 +102,9 @@ class FieldOfViewCrop(AbstractTransform):
             cw = int(rng.integers(max(1, int(self.min_fraction * w)), w + 1))
             r0, c0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             window = (slice(r0, r0 + ch), slice(c0, c0 + cw))
-            if seg is not None:
-                kept = seg[b, 0][window]
-                if set(np.unique(seg[b, 0])) - set(np.unique(kept)) - {0}:
-                    continue
-                seg[b, 0] = _moved(seg[b, 0], window)
-            for c in range(data.shape[1]):
-                data[b, c] = _moved(data[b, c], window)
-            if attention is not None:
-                attention[b, 0] = _moved(attention[b, 0], window)
+            if seg is not None and set(np.unique(seg[b, 0])) - set(np.unique(seg[b, 0][window])) - {0}:
+                continue
+            _move_sample(data_dict, b, window)
             hw[b] = (ch, cw)
         if "slice_hw" in data_dict:
             data_dict["slice_hw"] = hw
@@ -137,7 +131,6 @@ class EndCut(AbstractTransform):
 
     def __call__(self, **data_dict):
         rng = batch_rng(data_dict)
-        data, seg, attention = data_dict["data"], data_dict.get("seg"), data_dict.get("attention")
         hw = content_hw(data_dict)
         for b, (h, w) in enumerate(hw):
             draw = rng.random()
@@ -147,15 +140,19 @@ class EndCut(AbstractTransform):
             if cut == 0:
                 continue
             window = (slice(cut, h), slice(0, w)) if draw < self.p_top else (slice(0, h - cut), slice(0, w))
-            planes = [data[b, c] for c in range(data.shape[1])]
-            planes += [seg[b, 0]] if seg is not None else []
-            planes += [attention[b, 0]] if attention is not None else []
-            for plane in planes:
-                plane[...] = _moved(plane, window)
+            _move_sample(data_dict, b, window)
             hw[b] = (h - cut, w)
         if "slice_hw" in data_dict:
             data_dict["slice_hw"] = hw
         return data_dict
+
+
+def _move_sample(data_dict: dict, b: int, window: tuple[slice, slice]) -> None:
+    """Sample `b`'s image channels, labels and attention: `window` moved to the top-left, 0 elsewhere."""
+    planes = list(data_dict["data"][b])
+    planes += [data_dict[key][b, 0] for key in ("seg", "attention") if data_dict.get(key) is not None]
+    for plane in planes:
+        plane[...] = _moved(plane, window)
 
 
 def _moved(plane: np.ndarray, window: tuple[slice, slice]) -> np.ndarray:
