@@ -83,13 +83,17 @@ class FieldOfViewCrop(AbstractTransform):
     """Another field of view: a window of the sample's real pixels (each side drawn uniformly from
     `min_fraction` to all of it, placed at random) moved to the top-left of the frame, the rest 0.
     A scan that shows T10..S1 instead of T12..S1 places each vertebra elsewhere in the image; so
-    does a crop: the network cannot name a vertebra by where it lies in the image. A sample whose
-    crop would lose every pixel of a label it holds is left as it is; p_per_sample: chance per sample.
+    does a crop: the network cannot name a vertebra by where it lies in the image. Small windows
+    are the small fields of view users bring (a crop of two or three vertebrae is a third of a
+    lumbar slice's side), so bone cut by the frame's edge is still bone. With `keep_labels` a
+    sample whose crop would lose every pixel of a label it holds is left as it is; without, labels
+    may vanish. p_per_sample: chance per sample.
     """
 
-    def __init__(self, p_per_sample: float = 0.3, min_fraction: float = 0.6):
+    def __init__(self, p_per_sample: float = 0.3, min_fraction: float = 0.3, keep_labels: bool = False):
         self.p_per_sample = p_per_sample
         self.min_fraction = min_fraction
+        self.keep_labels = keep_labels
 
     def __call__(self, **data_dict):
         rng = batch_rng(data_dict)
@@ -102,13 +106,18 @@ class FieldOfViewCrop(AbstractTransform):
             cw = int(rng.integers(max(1, int(self.min_fraction * w)), w + 1))
             r0, c0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             window = (slice(r0, r0 + ch), slice(c0, c0 + cw))
-            if seg is not None and set(np.unique(seg[b, 0])) - set(np.unique(seg[b, 0][window])) - {0}:
+            if self.keep_labels and seg is not None and _loses_a_label(seg[b, 0], window):
                 continue
             _move_sample(data_dict, b, window)
             hw[b] = (ch, cw)
         if "slice_hw" in data_dict:
             data_dict["slice_hw"] = hw
         return data_dict
+
+
+def _loses_a_label(seg: np.ndarray, window: tuple[slice, slice]) -> bool:
+    """Whether a label of the (S, S) `seg` has no pixel inside `window`."""
+    return bool(set(np.unique(seg)) - set(np.unique(seg[window])) - {0})
 
 
 class EndCut(AbstractTransform):

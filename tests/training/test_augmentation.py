@@ -163,8 +163,8 @@ def test_a_field_of_view_crop_moves_image_and_labels_together_to_the_top_left():
     seg = np.zeros((6, 1, 64, 64), np.int16)
     seg[:, 0, 20:30, 10:20] = 2
     original_seg = seg.copy()
-    batch = FieldOfViewCrop(p_per_sample=1.0, min_fraction=0.5)(data=data, seg=seg, slice_hw=np.array([[50, 40]] * 6),
-                                                                 rng=rng)
+    batch = FieldOfViewCrop(p_per_sample=1.0, min_fraction=0.5, keep_labels=True)(
+        data=data, seg=seg, slice_hw=np.array([[50, 40]] * 6), rng=rng)
     for b, (h, w) in enumerate(batch["slice_hw"]):
         assert 25 <= h <= 50 and 20 <= w <= 40
         assert not batch["data"][b, :, h:].any() and not batch["data"][b, :, :, w:].any()  # the rest is 0
@@ -173,6 +173,32 @@ def test_a_field_of_view_crop_moves_image_and_labels_together_to_the_top_left():
         np.testing.assert_array_equal(batch["seg"][b, 0, :h, :w], original_seg[b, 0, r0:r0 + h, c0:c0 + w])
         assert (batch["seg"][b] == 2).any()  # a crop that would lose the label is not taken
     assert len({tuple(x) for x in batch["slice_hw"]}) > 1
+
+
+def test_the_default_field_of_view_crop_takes_small_windows_that_may_cut_labels_away():
+    """Small fields of view (down to 30 % of each side) are what users bring: by default the crop
+    takes them even where a label leaves the window, and what is left keeps its values."""
+    from sabnet.training.spatial_augmentation import FieldOfViewCrop
+
+    n = 40
+    rows, cols = np.mgrid[:64, :64]
+    data = np.zeros((n, 1, 64, 64), np.float32)
+    data[:, 0, :60, :60] = (rows * 100 + cols + 1)[:60, :60]
+    seg = np.zeros((n, 1, 64, 64), np.int16)
+    for value, r in enumerate((2, 22, 42), start=1):
+        seg[:, 0, r:r + 12, 20:40] = value
+    original = seg.copy()
+    batch = FieldOfViewCrop(p_per_sample=1.0)(data=data, seg=seg, slice_hw=np.array([[60, 60]] * n),
+                                              rng=np.random.default_rng(5))
+    sides = batch["slice_hw"]
+    assert sides.min() >= 18 and sides.min() < 30  # windows reach below half of a side
+    lost = 0
+    for b, (h, w) in enumerate(sides):
+        r0, c0 = divmod(int(batch["data"][b, 0, 0, 0]) - 1, 100)
+        np.testing.assert_array_equal(batch["seg"][b, 0, :h, :w], original[b, 0, r0:r0 + h, c0:c0 + w])
+        assert not batch["seg"][b, :, h:].any() and not batch["seg"][b, :, :, w:].any()
+        lost += len({1, 2, 3} - set(np.unique(batch["seg"][b])))
+    assert lost > 0  # some windows leave a label out entirely
 
 
 def test_end_cut_moves_what_is_left_and_may_cut_whole_labels_away():
