@@ -7,6 +7,8 @@ Dataset001_SpineVB3, with prompts derived from the manual labels, through sabnet
   (b) carried: a box per vertebra on its middle slice only, carried to the other slices;
   (c) point:   one positive point per vertebra (its deepest pixel) on its middle slice, carried.
 
+The carrying rules were chosen on DEVELOPMENT_CASES; the summary also gives the other cases alone.
+
 Each case is encoded once for the three (one CaseEmbeddings shared). Dice per vertebra (3D, per
 case) and of the five vertebrae merged into one bone; medians and means over cases.
 
@@ -40,6 +42,8 @@ from sabnet.preprocessing.inverse import probabilities_to_original
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset001_SpineVB3"
 CONFIGURATIONS = ("boxes", "carried", "point")
+# the volumes the carrying rules were chosen on (sabnet.model.prompt_carrying): reported apart
+DEVELOPMENT_CASES = ("vb3_001", "vb3_002", "vb3_003", "vb3_004")
 
 
 def vertebra_prompts(labels: np.ndarray, slice_axis: int, names: dict[str, int]) -> dict[str, list[dict]]:
@@ -136,10 +140,13 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out / "zero_shot_per_case.csv", index=False, float_format="%.4f")
     summary = []
-    for configuration in args.configurations:
-        part = frame[frame.configuration == configuration]
+    test = frame[~frame.case.isin(DEVELOPMENT_CASES)]
+    for configuration, cases, part in [(c, "all", frame[frame.configuration == c]) for c in args.configurations] + [
+            (c, "test (not development)", test[test.configuration == c]) for c in args.configurations]:
+        if part.empty:
+            continue
         per_vertebra = part[list(names)]
-        summary.append({"configuration": configuration,
+        summary.append({"configuration": configuration, "cases": f"{cases}, {len(part)}",
                         **{n: per_vertebra[n].mean() for n in names},
                         "mean per vertebra": float(np.nanmean(per_vertebra.to_numpy())),
                         "median per vertebra (cases)": float(np.nanmedian(per_vertebra.mean(axis=1))),

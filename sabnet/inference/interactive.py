@@ -187,7 +187,7 @@ class InteractiveSession:
                     return np.zeros(self._case.image.shape[2:], np.float32)  # outside the window: the walk stops
                 return self._segment(t, p)
 
-            objects = carry_objects(seeds, n_slices, segment, rules)
+            objects = carry_objects(seeds, n_slices, segment, rules, self._case.image[:, 0])
         self._objects.update(objects)
         return [self._store(t) for t in sorted({t for t, _ in objects})]
 

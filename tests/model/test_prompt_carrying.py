@@ -74,3 +74,21 @@ def test_a_lone_click_gets_the_box_its_object_fits_in():
     assert box_for_point(box, SHAPE, segment) is box  # prompts with a box are left alone
     nowhere = box_for_point(SlicePrompt(3, points=np.array([[5.0, 5.0]]), point_labels=np.array([1])), SHAPE, segment)
     assert nowhere.box is None  # no object holds the click: nothing to go on
+
+
+def test_a_walk_stops_where_the_object_leaves_the_seed_bones_signal():
+    # the network keeps finding a disk on every slice, but only slices 3..9 show the bone's signal:
+    # beyond them the box has slid into another tissue of another intensity
+    segment, _ = ball_network(lambda t: 10)
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.2, 0.02, (14, *SHAPE)).astype(np.float32)
+    bone = disk((32, 32), 10) > 0
+    for t in range(14):
+        image[t][bone] = rng.normal(0.6 if 3 <= t <= 9 else 0.9, 0.03, bone.sum())
+    seed = {6: [SlicePrompt(1, box=(20.0, 20.0, 44.0, 44.0))]}
+    rules = CarryRules(use_mask=False, max_intensity_shift=2.0)
+    assert sorted(t for t, _ in carry_objects(seed, 14, segment, rules, image)) == list(range(3, 10))
+    # without the image, or with the test off, the same walk runs to both ends of the volume
+    assert sorted(t for t, _ in carry_objects(seed, 14, segment, rules)) == list(range(14))
+    off = CarryRules(use_mask=False)
+    assert sorted(t for t, _ in carry_objects(seed, 14, segment, off, image)) == list(range(14))
