@@ -5,11 +5,12 @@ Dataset001_SpineVB3, with prompts derived from the manual labels, through sabnet
 
   (a) boxes:   a box per vertebra on every slice that holds it (along the slice axis sabnet picks);
   (b) carried: a box per vertebra on its middle slice only, carried to the other slices;
-  (c) point:   one positive point per vertebra (its deepest pixel) on its middle slice, carried.
+  (c) point:   one positive point per vertebra (its deepest pixel) on its middle slice, carried;
+  carried_stop22: (b)'s seeds carried by the rules shipped before stop 23, side by side.
 
 The carrying rules were chosen on DEVELOPMENT_CASES; the summary also gives the other cases alone.
 
-Each case is encoded once for the three (one CaseEmbeddings shared). Dice per vertebra (3D, per
+Each case is encoded once for all configurations (one CaseEmbeddings shared). Dice per vertebra (3D, per
 case) and of the five vertebrae merged into one bone; medians and means over cases.
 
     python benchmarks/zero_shot_spine.py [--data ../shared/data/Dataset001_SpineVB3] [--cases N]
@@ -20,6 +21,7 @@ Writes <out>/zero_shot_per_case.csv and <out>/zero_shot.md (table, command, CPU,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import sys
@@ -36,18 +38,22 @@ from sabnet.inference.predict_image import preprocess_for_prediction
 from sabnet.inference.prompt_coordinates import slice_prompts_for_case
 from sabnet.inference.zero_shot import zero_shot_model, zero_shot_plan
 from sabnet.io.image_io import read_image
-from sabnet.model.case_predictor import ZERO_SHOT_OBJECT_THRESHOLD, CaseEmbeddings, EnsemblePredictor
+from sabnet.model.case_predictor import ZERO_SHOT_CARRY, ZERO_SHOT_OBJECT_THRESHOLD, CaseEmbeddings, EnsemblePredictor
 from sabnet.model.prompt_carrying import CarryRules
 from sabnet.preprocessing.inverse import probabilities_to_original
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset001_SpineVB3"
-CONFIGURATIONS = ("boxes", "carried", "point")
+CONFIGURATIONS = ("boxes", "carried", "point", "carried_stop22")
+# the peer of `carried`: the same seeds carried by the rules shipped before stop 23 (box where the raw
+# probability is >= 0.5, no intensity stop)
+STOP22_CARRY = CarryRules(use_mask=False, box_threshold=0.8)
 # the volumes the carrying rules were chosen on (sabnet.model.prompt_carrying): reported apart
 DEVELOPMENT_CASES = ("vb3_001", "vb3_002", "vb3_003", "vb3_004")
 
 
 def vertebra_prompts(labels: np.ndarray, slice_axis: int, names: dict[str, int]) -> dict[str, list[dict]]:
-    """Prompt entries (IJK) of the three configurations for one label map (array order)."""
+    """Prompt entries (IJK) of each configuration for one label map (array order; carried_stop22
+    takes the `carried` entries)."""
     out = {c: [] for c in CONFIGURATIONS}
     in_plane = [a for a in range(3) if a != slice_axis]
     for name, value in names.items():
@@ -89,7 +95,8 @@ def main() -> None:
     parser.add_argument("--mask-prompt", action="store_true", help="carry the previous mask too, not the box alone")
     parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS))
     parser.add_argument("--threshold", type=float, default=ZERO_SHOT_OBJECT_THRESHOLD,
-                        help="object probability threshold (sab_predict --pretrained's)")
+                        help="object probability threshold (sab_predict --pretrained's); the carrying rules stay "
+                             "as shipped, on the map rescaled to it")
     args = parser.parse_args()
     if not (args.data / "dataset.json").is_file():
         sys.exit(f"{args.data}: no dataset here; give --data")
@@ -98,15 +105,20 @@ def main() -> None:
     names = dataset.foreground_labels
     table = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}  # the zero-shot channels
     model = zero_shot_model(len(names))
-    predictor = EnsemblePredictor([model], "cpu", 4, automatic=False,
-                                  carry_rules=CarryRules(use_mask=args.mask_prompt, box_threshold=1 - args.threshold),
+    carry_rules = dataclasses.replace(ZERO_SHOT_CARRY, use_mask=args.mask_prompt)
+    predictor = EnsemblePredictor([model], "cpu", 4, automatic=False, carry_rules=carry_rules,
                                   object_threshold=args.threshold, point_boxes=True)
     rows, started = [], time.perf_counter()
-    case_ids = dataset.case_ids()[: args.cases]
+    case_ids = dataset.case_ids()
+    case_ids = ([c for c in case_ids if c not in DEVELOPMENT_CASES] + [c for c in case_ids if c in DEVELOPMENT_CASES])[
+        : args.cases]  # test cases first: a stopped run has the honest figures
     partial = args.out / "zero_shot_per_case.partial.csv"  # kept after every case: a stopped run resumes
     if partial.is_file():
         rows = [r for r in pd.read_csv(partial).to_dict("records") if r["configuration"] in args.configurations]
-    done = {r["case"] for r in rows}
+    complete = {c for c in {r["case"] for r in rows}  # a case counts as done with every configuration asked for
+                if {r["configuration"] for r in rows if r["case"] == c} == set(args.configurations)}
+    rows = [r for r in rows if r["case"] in complete]
+    done = complete
     args.out.mkdir(parents=True, exist_ok=True)
     for n, case_id in enumerate(case_ids):
         if case_id in done:
@@ -121,7 +133,10 @@ def main() -> None:
         shared = CaseEmbeddings(predictor, pre.image, keep_all=True)
         tick = time.perf_counter()
         for configuration in args.configurations:
-            slice_prompts = slice_prompts_for_case(prompts[configuration], "ijk", geometry, pre.properties, table,
+            predictor.carry_rules = (dataclasses.replace(STOP22_CARRY, use_mask=args.mask_prompt)
+                                     if configuration == "carried_stop22" else carry_rules)
+            kind = "carried" if configuration == "carried_stop22" else configuration
+            slice_prompts = slice_prompts_for_case(prompts[kind], "ijk", geometry, pre.properties, table,
                                                    case_id)
             t0 = time.perf_counter()
             probabilities = predictor.predict(pre.image, pre.depth_image, pre.properties, "2d", slice_prompts,

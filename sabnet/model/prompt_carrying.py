@@ -5,9 +5,11 @@ prompt become the next slice's prompt, slice after slice, while the structure pe
 A walk stops before a slice whose object is empty, smaller than `min_fraction` of the seed's
 object (the structure is ending), more than `max_growth` times the previous slice's (the mask
 is leaking into a neighbour), or, given the image, whose median intensity lies further from the
-seed object's median than `max_intensity_shift` times the seed object's interquartile range (the
-box has slid off the bone into another tissue: within one scan a bone's marrow keeps its signal
-from slice to slice, whatever the sequence); and halfway to another slice prompted for the same
+seed object's median than `max_intensity_shift` times the seed object's interquartile range
+(floored at 2 % of the seed slice's intensity span): the box has slid off the bone into another
+tissue, since within one scan a bone's marrow keeps its signal from slice to slice, whatever the
+sequence. The intensities are those the network sees (zero-shot: each slice scaled to [0, 1], so
+slices compare on nearly, not exactly, one scale); and halfway to another slice prompted for the same
 label, whose own walk covers the rest. Works on (rows, cols) probability maps of one label;
 `segment(slice, prompt)` gives the object's probability for a prompt (>= 0.5 is inside).
 
@@ -45,9 +47,9 @@ class CarryRules:
     max_growth: largest object, as a multiple of the previous slice's.
     box_margin: the previous object's box grows by this share of its side on each side (at least 2 px).
     box_threshold: the probability above which the previous object's pixels draw the next box (the
-        object itself is where it is >= 0.5): 1 - t when probabilities are rescaled so that 0.5
-        stands for a network's threshold t below its own 0.5, so that the box keeps to what the
-        network itself calls inside (a box drawn from the rescaled object grows slice after slice).
+        object itself is where it is >= 0.5). Zero-shot, probabilities are rescaled so that 0.5
+        stands for LiteMedSAM's threshold 0.2; there 0.6 (raw 0.27) is used: a box drawn from the
+        object itself grows slice after slice, one drawn from raw 0.5 (0.8) shrinks.
     use_mask: also give the previous object as a dense prompt (for networks trained with them).
     max_intensity_shift: stop where the object's median intensity moves more than this many of the
         seed object's interquartile ranges from the seed's median (None: no intensity test; needs
