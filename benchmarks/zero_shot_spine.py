@@ -51,6 +51,14 @@ STOP22_CARRY = CarryRules(use_mask=False, box_threshold=0.8)
 DEVELOPMENT_CASES = ("vb3_001", "vb3_002", "vb3_003", "vb3_004")
 
 
+def configuration_rules(configuration: str, rules: CarryRules) -> tuple[str, CarryRules]:
+    """(the prompt entries' configuration, the carrying rules) a configuration runs with: `rules`,
+    or the stop-22 rules (with `rules`' mask setting) for carried_stop22 on the `carried` entries."""
+    if configuration == "carried_stop22":
+        return "carried", dataclasses.replace(STOP22_CARRY, use_mask=rules.use_mask)
+    return configuration, rules
+
+
 def vertebra_prompts(labels: np.ndarray, slice_axis: int, names: dict[str, int]) -> dict[str, list[dict]]:
     """Prompt entries (IJK) of each configuration for one label map (array order; carried_stop22
     takes the `carried` entries)."""
@@ -133,9 +141,7 @@ def main() -> None:
         shared = CaseEmbeddings(predictor, pre.image, keep_all=True)
         tick = time.perf_counter()
         for configuration in args.configurations:
-            predictor.carry_rules = (dataclasses.replace(STOP22_CARRY, use_mask=args.mask_prompt)
-                                     if configuration == "carried_stop22" else carry_rules)
-            kind = "carried" if configuration == "carried_stop22" else configuration
+            kind, predictor.carry_rules = configuration_rules(configuration, carry_rules)
             slice_prompts = slice_prompts_for_case(prompts[kind], "ijk", geometry, pre.properties, table,
                                                    case_id)
             t0 = time.perf_counter()

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zero_shot_spine import CONFIGURATIONS, STOP22_CARRY, dice, vertebra_prompts  # noqa: E402
+from zero_shot_spine import CONFIGURATIONS, configuration_rules, dice, vertebra_prompts  # noqa: E402
 
 from sabnet.inference.predict_image import preprocess_for_prediction  # noqa: E402
 from sabnet.inference.prompt_coordinates import slice_prompts_for_case  # noqa: E402
@@ -60,8 +60,7 @@ def main() -> None:
     rows = []
     for configuration in CONFIGURATIONS:
         t0 = time.perf_counter()
-        predictor.carry_rules = STOP22_CARRY if configuration == "carried_stop22" else ZERO_SHOT_CARRY
-        kind = "carried" if configuration == "carried_stop22" else configuration
+        kind, predictor.carry_rules = configuration_rules(configuration, ZERO_SHOT_CARRY)
         slice_prompts = slice_prompts_for_case(prompts[kind], "ijk", geometry, pre.properties, table, "t2")
         probabilities = predictor.predict(pre.image, pre.depth_image, pre.properties, "2d", slice_prompts,
                                           carry=configuration != "boxes", embeddings=shared)

@@ -105,17 +105,17 @@ def carry_objects(seeds: dict[int, list[SlicePrompt]], n_slices: int, segment: S
                 continue
             lower = (slices[i - 1] + seed) // 2 + 1 if i > 0 else 0  # the walks of two seeds meet halfway
             upper = (seed + slices[i + 1] + 1) // 2 - 1 if i + 1 < len(slices) else n_slices - 1
+            signal = _SeedSignal(image, seed, objects[(seed, label)] >= 0.5, rules.max_intensity_shift)
             for step, end in ((1, upper), (-1, lower)):
-                _walk(objects, label, seed, step, end, segment, rules, image)
+                _walk(objects, label, seed, step, end, segment, rules, signal)
     return objects
 
 
 def _walk(objects: dict, label: int, seed: int, step: int, end: int, segment: Segment, rules: CarryRules,
-          image: np.ndarray | None) -> None:
+          signal: "_SeedSignal") -> None:
     """Carry the seed's object slice by slice in direction `step`, up to slice `end` included."""
     previous = objects[(seed, label)]
     smallest = max(rules.min_pixels, rules.min_fraction * (previous >= 0.5).sum())
-    signal = _SeedSignal(image, seed, previous >= 0.5, rules.max_intensity_shift)
     t = seed + step
     while (t <= end) if step > 0 else (t >= end):
         probability = segment(t, carried_prompt(label, previous, rules))
@@ -134,9 +134,8 @@ class _SeedSignal:
     near-constant signal."""
 
     def __init__(self, image: np.ndarray | None, seed: int, inside: np.ndarray, max_shift: float | None):
-        self.image = image if max_shift is not None else None
-        if self.image is None or not inside.any():
-            self.image = None
+        self.image = image if max_shift is not None and inside.any() else None  # None: the test is off
+        if self.image is None:
             return
         values = image[seed][inside]
         q1, self.median, q3 = np.percentile(values, [25, 50, 75])

@@ -43,8 +43,18 @@ def _dice(a, b):
     return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
-def test_one_box_per_bone_segments_it_in_3d_with_no_training(knee, tmp_path):
+def test_one_box_per_bone_segments_it_in_3d_with_no_training(knee, tmp_path, monkeypatch):
     folder, phantom = knee
+    from sabnet.model import case_predictor
+
+    walks = []  # the carried walks get the slices' intensities, for their stop where the signal changes
+
+    def recording_carry(seeds, n_slices, segment, rules=None, image=None):
+        walks.append((rules.max_intensity_shift, None if image is None else image.shape))
+        return real_carry(seeds, n_slices, segment, rules, image)
+
+    real_carry = case_predictor.carry_objects
+    monkeypatch.setattr(case_predictor, "carry_objects", recording_carry)
     femur, tibia = 1, 2  # the knee phantom's femur and tibia
     prompts = {"knee_001": {"coordinates": "ijk", "prompts": [
         {"label": 7, "box": _box_on_middle_slice(phantom, femur)[0]},
@@ -58,6 +68,7 @@ def test_one_box_per_bone_segments_it_in_3d_with_no_training(knee, tmp_path):
                                     origin_atol_mm=1e-5, direction_atol=1e-6)
     table = json.loads((out / "labels.json").read_text())
     assert table == {"background": 0, "7": 7, "tibia": 8}  # a name takes the next value after the integers
+    assert walks and all(shift == 2.0 and shape is not None and len(shape) == 3 for shift, shape in walks)
     assert set(np.unique(labels)) <= {0, 7, 8}
     for value, written in ((femur, 7), (tibia, 8)):
         truth, found = phantom.labels == value, labels == written
