@@ -43,7 +43,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"], "bench": ["psutil"]},
+    extras_require={"test": ["pytest>=7"], "bench": ["psutil", "tabulate"]},
     entry_points={
         "console_scripts": [f"{cmd} = sabnet.cli.{mod}:main" for cmd, mod in COMMANDS.items()],
     },

@@ -6,7 +6,8 @@ Dataset001_SpineVB3, with prompts derived from the manual labels, through sabnet
   (a) boxes:   a box per vertebra on every slice that holds it (along the slice axis sabnet picks);
   (b) carried: a box per vertebra on its middle slice only, carried to the other slices;
   (c) point:   one positive point per vertebra (its deepest pixel) on its middle slice, carried;
-  carried_stop22: (b)'s seeds carried by the rules shipped before stop 23, side by side.
+  carried_stop22, carried_stop23: (b)'s seeds carried by the rules shipped before stop 23 and
+      before stop 24, side by side.
 
 The carrying rules were chosen on DEVELOPMENT_CASES; the summary also gives the other cases alone.
 
@@ -43,26 +44,28 @@ from sabnet.model.prompt_carrying import CarryRules
 from sabnet.preprocessing.inverse import probabilities_to_original
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset001_SpineVB3"
-CONFIGURATIONS = ("boxes", "carried", "point", "carried_stop22")
-# the peer of `carried`: the same seeds carried by the rules shipped before stop 23 (box where the raw
-# probability is >= 0.5, no intensity stop)
-STOP22_CARRY = CarryRules(use_mask=False, box_threshold=0.8)
+CONFIGURATIONS = ("boxes", "carried", "point", "carried_stop22", "carried_stop23")
+# the peers of `carried`: the same seeds carried by earlier rules. Before stop 23: the box drawn where
+# the raw probability is >= 0.5, no intensity stop; before stop 24: no bound on the carried box
+EARLIER_CARRY = {"carried_stop22": CarryRules(use_mask=False, box_threshold=0.8),
+                 "carried_stop23": dataclasses.replace(ZERO_SHOT_CARRY, seed_box_margin=None)}
 # the volumes the carrying rules were chosen on (sabnet.model.prompt_carrying): reported apart
 DEVELOPMENT_CASES = ("vb3_001", "vb3_002", "vb3_003", "vb3_004")
 
 
 def configuration_rules(configuration: str, rules: CarryRules) -> tuple[str, CarryRules]:
     """(the prompt entries' configuration, the carrying rules) a configuration runs with: `rules`,
-    or the stop-22 rules (with `rules`' mask setting) for carried_stop22 on the `carried` entries."""
-    if configuration == "carried_stop22":
-        return "carried", dataclasses.replace(STOP22_CARRY, use_mask=rules.use_mask)
+    or for an earlier stop's peer (carried_stop22, ...) that stop's rules (with `rules`' mask setting)
+    on the `carried` entries."""
+    if configuration in EARLIER_CARRY:
+        return "carried", dataclasses.replace(EARLIER_CARRY[configuration], use_mask=rules.use_mask)
     return configuration, rules
 
 
 def vertebra_prompts(labels: np.ndarray, slice_axis: int, names: dict[str, int]) -> dict[str, list[dict]]:
-    """Prompt entries (IJK) of each configuration for one label map (array order; carried_stop22
-    takes the `carried` entries)."""
-    out = {c: [] for c in CONFIGURATIONS}
+    """Prompt entries (IJK) of each configuration for one label map (array order; the earlier
+    stops' peers take the `carried` entries)."""
+    out = {c: [] for c in CONFIGURATIONS if c not in EARLIER_CARRY}
     in_plane = [a for a in range(3) if a != slice_axis]
     for name, value in names.items():
         mask = labels == value

@@ -105,3 +105,47 @@ def test_a_bone_of_constant_signal_is_carried_through_small_changes():
     rules = CarryRules(use_mask=False, max_intensity_shift=2.0)
     objects = carry_objects({6: [SlicePrompt(1, box=(20.0, 20.0, 44.0, 44.0))]}, 14, segment, rules, image)
     assert sorted(t for t, _ in objects) == list(range(11))
+
+
+def test_a_walk_that_creeps_into_a_touching_neighbour_is_held_to_the_seed_bones_box():
+    # from slice 8 on a structure of the same signal touches the bone on its right (as the sacrum and
+    # ilium touch L5): each carried box, grown by its margin, takes a little more of it, slice after
+    # slice; bound to the seed object's box (grown by a fifth), the walk keeps to the bone
+    bone = disk((32, 32), 10)
+    neighbour = ((COLS >= 42) & (ROWS >= 12) & (ROWS <= 52)).astype(np.float32)
+
+    def segment(t, prompt):
+        r0, c0, r1, c1 = prompt.box
+        inside = (ROWS >= r0) & (ROWS <= r1) & (COLS >= c0) & (COLS <= c1)
+        return np.maximum(bone, neighbour if t >= 8 else 0) * inside
+
+    seed = {4: [SlicePrompt(1, box=(20.0, 20.0, 44.0, 44.0))]}
+    free = carry_objects(seed, 16, segment, CarryRules(use_mask=False))
+    assert np.flatnonzero((free[(15, 1)] >= 0.5).any(axis=0)).max() > 55  # unbound, it walks off into the neighbour
+    bound = carry_objects(seed, 16, segment, CarryRules(use_mask=False, seed_box_margin=0.2))
+    assert sorted(t for t, _ in bound) == list(range(16))  # the bone itself is carried to both ends
+    for t in range(16):
+        cols = np.flatnonzero((bound[(t, 1)] >= 0.5).any(axis=0))
+        assert cols.min() >= 17 and cols.max() <= 47  # the seed object's box, cols 22..42, grown by 5 px a side
+        assert (bound[(t, 1)] * bone).sum() == bone.sum()  # and none of the bone is lost
+
+
+def test_bones_stacked_along_the_slice_axis_split_halfway_between_their_seeds():
+    # vertebrae in axial slices: each slice shows one body at the same place, and each walk would run
+    # on through its neighbours; where two labels' objects cover one place, the nearer seed keeps it
+    segment, _ = ball_network(lambda t: 10)
+    seeds = {3: [SlicePrompt(1, box=(20.0, 20.0, 44.0, 44.0))], 10: [SlicePrompt(2, box=(20.0, 20.0, 44.0, 44.0))]}
+    objects = carry_objects(seeds, 14, segment, CarryRules(use_mask=False))
+    assert sorted(t for t, label in objects if label == 1) == list(range(7))
+    assert sorted(t for t, label in objects if label == 2) == list(range(7, 14))
+    # objects of two labels side by side on the same slices both stay
+    left, right = disk((32, 16), 8), disk((32, 48), 8)
+
+    def two_bones(t, prompt):
+        r0, c0, r1, c1 = prompt.box
+        inside = (ROWS >= r0) & (ROWS <= r1) & (COLS >= c0) & (COLS <= c1)
+        return np.maximum(left, right) * inside
+
+    seeds = {3: [SlicePrompt(1, box=mask_box(left > 0, 0.1))], 10: [SlicePrompt(2, box=mask_box(right > 0, 0.1))]}
+    objects = carry_objects(seeds, 14, two_bones, CarryRules(use_mask=False))
+    assert {t for t, label in objects if label == 1} == {t for t, label in objects if label == 2} == set(range(14))
