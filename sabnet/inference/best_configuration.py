@@ -19,6 +19,7 @@ from tqdm import tqdm
 from sabnet.dataset.raw_dataset import RawDataset
 from sabnet.errors import SabnetError
 from sabnet.inference.postprocessing import LabelRule, Postprocessing, apply_label_rule, save_postprocessing
+from sabnet.inference.series_naming import name_series, vertebra_series
 from sabnet.io.atomic import atomic_path, write_json
 from sabnet.io.image_io import read_image
 from sabnet.planning.plans import load_plan
@@ -99,6 +100,23 @@ def find_best_configuration(folder: Path, raw_dir: Path, dataset_arg: str) -> Be
 
     rules = Postprocessing(reason=f"chosen on {len(cases)} cross-validation cases ({best_mode} mode); "
                                   f"a rule is kept when it raises the label's mean Dice by more than {MIN_GAIN}")
+    series = vertebra_series(plan.labels)
+    if series:  # names in order along the body, before the rules per label, which then see them
+        named = {c: name_series(arrays[(best_mode, c)][1], series, arrays[(best_mode, c)][2].axis_spacing_mm)
+                 for c in cases}
+        before, after_naming = [], []
+        for case_id in cases:
+            reference, prediction, geometry = arrays[(best_mode, case_id)]
+            for value, name in labels.items():
+                before.append(_dice(reference == value, prediction == value))
+                after_naming.append(_dice(reference == value, named[case_id] == value))
+                rows.append({"configuration": f"{best_mode} + series naming", "case": case_id, "label": name,
+                             "dice": after_naming[-1]})
+        if np.nanmean(after_naming) > np.nanmean(before) + MIN_GAIN:
+            rules.series = series
+            for case_id in cases:
+                reference, _, geometry = arrays[(best_mode, case_id)]
+                arrays[(best_mode, case_id)] = (reference, named[case_id], geometry)
     for value, name in labels.items():
         candidates = _candidate_rules(value, [arrays[(best_mode, c)][0] for c in cases], arrays[(best_mode, cases[0])][2])
         scores = {}

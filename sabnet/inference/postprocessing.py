@@ -1,7 +1,11 @@
 """Postprocessing of label maps, stored as plain JSON (never pickle).
 
     postprocessing.json: {"labels": {"<value>": {"keep_largest_component": bool,
-                                                 "min_island_mm3": float}}, "reason": "..."}
+                                                 "min_island_mm3": float}},
+                          "series": [<value>, ...], "reason": "..."}
+
+series: label values of structures that follow one another along the body (vertebrae, head to
+foot), named by their order first (sabnet.inference.series_naming); [] leaves names as predicted.
 
 Rules are chosen on the cross-validation predictions (sab_find_best_configuration) and applied by
 sab_predict when the model folder holds the file.
@@ -15,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from sabnet.errors import SabnetError
+from sabnet.inference.series_naming import name_series
 from sabnet.io.atomic import read_json, write_json
 
 POSTPROCESSING_FILE = "postprocessing.json"
@@ -37,14 +42,17 @@ class LabelRule:
 class Postprocessing:
     labels: dict[int, LabelRule] = field(default_factory=dict)
     reason: str = ""
+    series: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"labels": {str(k): asdict(v) for k, v in sorted(self.labels.items())}, "reason": self.reason}
+        return {"labels": {str(k): asdict(v) for k, v in sorted(self.labels.items())}, "series": list(self.series),
+                "reason": self.reason}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Postprocessing":
         try:
-            return cls({int(k): LabelRule(**v) for k, v in d.get("labels", {}).items()}, str(d.get("reason", "")))
+            return cls({int(k): LabelRule(**v) for k, v in d.get("labels", {}).items()}, str(d.get("reason", "")),
+                       [int(v) for v in d.get("series", [])])
         except (TypeError, ValueError) as e:
             raise SabnetError(f"postprocessing rules are malformed ({e}); fix {POSTPROCESSING_FILE} or delete it") from None
 
@@ -69,9 +77,11 @@ def apply_label_rule(labels: np.ndarray, value: int, rule: LabelRule, voxel_mm3:
     return labels
 
 
-def apply_postprocessing(labels: np.ndarray, rules: Postprocessing, spacing_mm) -> np.ndarray:
-    """A copy of `labels` with every label's rule applied."""
-    out = labels.copy()
+def apply_postprocessing(labels: np.ndarray, rules: Postprocessing, spacing_mm,
+                         anchors: list[tuple[tuple, int]] | None = None) -> np.ndarray:
+    """A copy of `labels` (array order; spacing_mm per array axis) with the series named in order
+    (anchors: [(array index, label value)] the user's clicks) and then every label's rule applied."""
+    out = name_series(labels, rules.series, spacing_mm, anchors) if rules.series else labels.copy()
     voxel_mm3 = float(np.prod(spacing_mm))
     for value, rule in rules.labels.items():
         apply_label_rule(out, value, rule, voxel_mm3)

@@ -14,8 +14,9 @@ from tqdm import tqdm
 from sabnet.errors import SabnetError
 from sabnet.inference.inputs import InputCase
 from sabnet.inference.postprocessing import Postprocessing, apply_postprocessing
-from sabnet.inference.prompt_coordinates import slice_prompts_for_case
+from sabnet.inference.prompt_coordinates import slice_prompts_for_case, to_array_index
 from sabnet.inference.qc import write_qc_png
+from sabnet.inference.series_naming import name_series, vertebra_series
 from sabnet.inference.predict_image import preprocess_for_prediction
 from sabnet.inference.zero_shot import zero_shot_plan
 from sabnet.io.atomic import atomic_path
@@ -98,10 +99,34 @@ def _prepare(case: InputCase, plan: Plan, settings: PredictionSettings):
     return channels, geometry, preprocessed, prompts
 
 
+def click_anchors(spec: dict | None, geometry: Geometry, plan_labels: dict[str, int]) -> list[tuple[tuple, int]]:
+    """[(array index, label value)] of the positive points of one case's prompts ({"coordinates",
+    "prompts"}): each says which label the structure under it has (a series is named from them)."""
+    anchors = []
+    for entry in (spec or {}).get("prompts", []):
+        label = entry.get("label")
+        value = label if isinstance(label, int) and not isinstance(label, bool) else plan_labels.get(str(label))
+        points = np.asarray(entry.get("points", []), float).reshape(-1, 3)
+        kinds = np.asarray(entry.get("point_labels", [1] * len(points))).reshape(-1)
+        if value is None or not len(points):
+            continue
+        for index, kind in zip(to_array_index(points, spec.get("coordinates", "ijk"), geometry), kinds):
+            if kind == 1:
+                anchors.append((tuple(np.round(index).astype(int)), int(value)))
+    return anchors
+
+
 def _write(case: InputCase, plan: Plan, settings: PredictionSettings, channels, geometry: Geometry,
            labels: np.ndarray, probabilities: np.ndarray | None, properties: dict) -> None:
+    plan_labels = plan.labels if plan is not None else {}  # zero-shot: no plan, nothing to count
+    anchors = click_anchors(settings.prompts.get(case.case_id) if settings.prompts else None, geometry, plan_labels)
+    series = vertebra_series(plan_labels)
+    if anchors and series and not (settings.postprocessing and settings.postprocessing.series):
+        # a click that names one vertebra names the others by counting from it (one click on the lowest
+        # vertebra of spines cropped along their length: 0.359 -> 0.516 per vertebra; docs/benchmarks.md)
+        labels = name_series(labels, series, geometry.axis_spacing_mm, anchors)
     if settings.postprocessing is not None:
-        labels = apply_postprocessing(labels, settings.postprocessing, geometry.axis_spacing_mm)
+        labels = apply_postprocessing(labels, settings.postprocessing, geometry.axis_spacing_mm, anchors)
     if settings.zero_shot_labels is not None:  # channel i -> the i-th label's value
         lookup = np.array([0] + list(settings.zero_shot_labels.values()))
         labels = lookup[labels]

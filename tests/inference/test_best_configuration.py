@@ -70,3 +70,38 @@ def test_3d_mode_is_chosen_only_when_it_clearly_beats_2d():
     assert mode == "3d" and "beats 2D" in why
     assert choose_mode({"2d": 0.80, "3d": 0.70})[0] == "2d"
     assert choose_mode({"3d": 0.70}) == ("3d", "only 3d mode was validated")
+
+
+def test_vertebrae_named_partly_by_their_neighbours_name_get_series_naming(tmp_path, monkeypatch):
+    """Phantom lumbar spines whose 'predictions' call the cranial 40 % of each body by the name of
+    the body above (a network that reads names off the place in the image): naming the series in
+    order is chosen, and raises Dice."""
+    raw, folder = make_model_folder(tmp_path, dataset_name="Dataset964_Series", locations=("lumbar_spine",),
+                                    sequences=("T2",), n_slices=12, in_plane_size=96, planes=("sagittal",),
+                                    slice_spacing_mm=(3.0, 3.5), in_plane_spacing_mm=(2.2, 2.6))
+    use_roots(monkeypatch, tmp_path / "home")
+    plan = load_plan(folder)
+    values = [plan.labels[f"L{i}"] for i in range(1, 6)]
+    for n, path in enumerate(sorted((raw / "labelsTr").iterdir())):
+        labels, geometry = read_image(path)
+        reference = map_labels(labels, plan.label_mapping)
+        centres = np.array([np.argwhere(reference == v).mean(axis=0) for v in values])
+        axis = int(np.argmax(centres.std(axis=0)))
+        position = np.moveaxis(np.indices(reference.shape), 0, -1)[..., axis]
+        predicted = reference.copy()
+        for upper, value in zip(values, values[1:]):
+            body = reference == value
+            top, bottom = position[body].min(), position[body].max()
+            cranial = top + 0.4 * (bottom - top) if centres[0, axis] < centres[-1, axis] else bottom - 0.4 * (bottom - top)
+            part = body & ((position <= cranial) if centres[0, axis] < centres[-1, axis] else (position >= cranial))
+            predicted[part] = upper
+        fold = folder / f"fold_{n % 2}" / "validation"
+        write_image(predicted, geometry, fold / path.name)
+        pd.DataFrame({"mode": ["2d"], "label": ["foreground mean"], "dice": [0]}).to_csv(fold / "modes.csv", index=False)
+    assert find_best_main(["-d", str(raw)]) == 0
+    rules = load_postprocessing(folder)
+    assert rules.series == values
+    best = json.loads((folder / "best_configuration.json").read_text())
+    assert best["mean_dice_after_postprocessing"] > best["mean_dice_by_mode"]["2d"] + 0.1
+    table = pd.read_csv(folder / "configurations.csv", index_col=0)
+    assert table.loc["2d + series naming", "foreground mean"] > 0.99 > table.loc["2d", "foreground mean"]
