@@ -104,14 +104,14 @@ def find_best_configuration(folder: Path, raw_dir: Path, dataset_arg: str) -> Be
     if series:  # names in order along the body, before the rules per label, which then see them
         named = {c: name_series(arrays[(best_mode, c)][1], series, arrays[(best_mode, c)][2].axis_spacing_mm)
                  for c in cases}
-        before, after_naming = [], []
+        after_naming = []
         for case_id in cases:
-            reference, prediction, geometry = arrays[(best_mode, case_id)]
+            reference = arrays[(best_mode, case_id)][0]
             for value, name in labels.items():
-                before.append(_dice(reference == value, prediction == value))
                 after_naming.append(_dice(reference == value, named[case_id] == value))
                 rows.append({"configuration": f"{best_mode} + series naming", "case": case_id, "label": name,
                              "dice": after_naming[-1]})
+        before = per_case.loc[per_case.configuration == best_mode, "dice"]
         if np.nanmean(after_naming) > np.nanmean(before) + MIN_GAIN:
             rules.series = series
             for case_id in cases:

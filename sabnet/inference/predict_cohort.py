@@ -4,7 +4,7 @@ accumulates from one case to the next."""
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from sabnet.inference.inputs import InputCase
 from sabnet.inference.postprocessing import Postprocessing, apply_postprocessing
 from sabnet.inference.prompt_coordinates import slice_prompts_for_case, to_array_index
 from sabnet.inference.qc import write_qc_png
-from sabnet.inference.series_naming import name_series, vertebra_series
+from sabnet.inference.series_naming import vertebra_series
 from sabnet.inference.predict_image import preprocess_for_prediction
 from sabnet.inference.zero_shot import zero_shot_plan
 from sabnet.io.atomic import atomic_path
@@ -120,13 +120,14 @@ def _write(case: InputCase, plan: Plan, settings: PredictionSettings, channels, 
            labels: np.ndarray, probabilities: np.ndarray | None, properties: dict) -> None:
     plan_labels = plan.labels if plan is not None else {}  # zero-shot: no plan, nothing to count
     anchors = click_anchors(settings.prompts.get(case.case_id) if settings.prompts else None, geometry, plan_labels)
-    series = vertebra_series(plan_labels)
-    if anchors and series and not (settings.postprocessing and settings.postprocessing.series):
-        # a click that names one vertebra names the others by counting from it (one click on the lowest
-        # vertebra of spines cropped along their length: 0.359 -> 0.516 per vertebra; docs/benchmarks.md)
-        labels = name_series(labels, series, geometry.axis_spacing_mm, anchors)
-    if settings.postprocessing is not None:
-        labels = apply_postprocessing(labels, settings.postprocessing, geometry.axis_spacing_mm, anchors)
+    rules = settings.postprocessing or Postprocessing()
+    if anchors and not rules.series:
+        # a click that names one vertebra names the others by counting from it, whether or not the
+        # cross validation kept ordering alone (one click on the lowest vertebra of spines cropped
+        # along their length: 0.359 -> 0.516 per vertebra; docs/benchmarks.md)
+        rules = replace(rules, series=vertebra_series(plan_labels))
+    if rules.series or rules.labels:
+        labels = apply_postprocessing(labels, rules, geometry.axis_spacing_mm, anchors)
     if settings.zero_shot_labels is not None:  # channel i -> the i-th label's value
         lookup = np.array([0] + list(settings.zero_shot_labels.values()))
         labels = lookup[labels]
